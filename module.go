@@ -1,0 +1,212 @@
+// Package ssebroadcast is a Caddy module that broadcasts Server-Sent Events.
+//
+// It has three modules, one concept a file:
+//
+//   - The sse app (module.go, App) is the server-wide broadcaster. Every
+//     publish path goes through it. Its state lives in a caddy.UsagePool, so
+//     a config reload finds the same channels and counters.
+//   - The http.handlers.sse_broadcast handler (handler.go, Handler) holds a
+//     client's text/event-stream open and writes it the events of one channel.
+//   - The admin.api.sse admin module (admin.go, AdminAPI) serves
+//     POST /sse/broadcast and GET /sse/stats on Caddy's admin endpoint.
+//
+// The `caddy sse-broadcast` command (command.go) publishes through the admin
+// API from a shell, and caddyfile.go adapts the sse_broadcast directive and
+// the sse global option.
+//
+// An event flows like this: a publisher (the admin API, the CLI through it,
+// or another Caddy module calling App.Broadcast) hands an Event to the app;
+// the broadcaster (broadcaster.go) validates it and encodes it to its wire
+// form once (event.go); it then appends those same bytes to the queue of
+// every subscriber of the channel (subscriber.go) without waiting on any
+// client. Each stream's own goroutine takes everything queued for it and
+// writes it with one flush.
+package ssebroadcast
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// DefaultMaxBody is the default limit of an admin API request body, in bytes.
+const DefaultMaxBody = 1 << 20
+
+// broadcasterPool holds the process's one broadcaster across config reloads:
+// each config's App takes a reference in Provision and gives it back in
+// Cleanup, so the broadcaster lives as long as any config uses it.
+var broadcasterPool = caddy.NewUsagePool()
+
+const broadcasterKey = "broadcaster"
+
+// App is the sse app: the server-wide broadcaster. Handlers subscribe their
+// clients to it, and every publish path goes through it.
+type App struct {
+	// MaxBody is the largest request body, in bytes, that the admin API's
+	// POST /sse/broadcast accepts; larger ones get 413. Default: 1 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	broadcaster *broadcaster
+	streams     *configStreams
+	logger      *zap.Logger
+}
+
+// configStreams is the set of streams one config serves, so that stopping
+// the config ends them: Caddy's default grace period never expires, and a
+// stream never ends by itself.
+type configStreams struct {
+	mu       sync.Mutex
+	stopping bool
+	open     map[*subscriber]struct{}
+	// hooked holds the servers whose shutdown already ends the streams.
+	hooked map[*http.Server]struct{}
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "sse",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision takes the process's broadcaster, creating it on first use.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if a.MaxBody == 0 {
+		a.MaxBody = DefaultMaxBody
+	}
+	a.streams = &configStreams{
+		open:   make(map[*subscriber]struct{}),
+		hooked: make(map[*http.Server]struct{}),
+	}
+	val, _, err := broadcasterPool.LoadOrNew(broadcasterKey, func() (caddy.Destructor, error) {
+		return newBroadcaster(), nil
+	})
+	if err != nil {
+		return fmt.Errorf("loading broadcaster: %w", err)
+	}
+	a.broadcaster = val.(*broadcaster)
+	return nil
+}
+
+// Validate rejects options that cannot work.
+func (a *App) Validate() error {
+	if a.MaxBody < 0 {
+		return fmt.Errorf("max_body must not be negative, got %d", a.MaxBody)
+	}
+	return nil
+}
+
+// Start implements caddy.App. Streams start with their requests.
+func (a *App) Start() error { return nil }
+
+// Stop ends every stream this config serves, so that neither a reload nor
+// `caddy stop` waits on them. Clients reconnect to the new config.
+func (a *App) Stop() error {
+	a.endStreams()
+	return nil
+}
+
+// Cleanup gives back this config's reference to the broadcaster.
+func (a *App) Cleanup() error {
+	if a.broadcaster == nil {
+		return nil
+	}
+	if _, err := broadcasterPool.Delete(broadcasterKey); err != nil {
+		return fmt.Errorf("releasing broadcaster: %w", err)
+	}
+	return nil
+}
+
+// Broadcast sends one event to every client connected to its channel. It
+// returns once the event is queued for each of them; it never waits for a
+// client to read. An invalid event is rejected with a *FieldError.
+func (a *App) Broadcast(ctx context.Context, ev Event) (Result, error) {
+	results, err := a.BroadcastBatch(ctx, []Event{ev})
+	if err != nil {
+		return Result{}, err
+	}
+	return results[0], nil
+}
+
+// BroadcastBatch sends events in order. It is all or nothing: if any event
+// is invalid, none is sent.
+func (a *App) BroadcastBatch(ctx context.Context, events []Event) ([]Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return a.broadcaster.publish(events)
+}
+
+// Stats returns a snapshot of the broadcaster's figures.
+func (a *App) Stats() Stats {
+	return a.broadcaster.stats()
+}
+
+// errStopping is returned to a stream that arrives while its config stops.
+var errStopping = fmt.Errorf("the sse app is stopping")
+
+// attach subscribes a new stream to channel. When srv is given, the stream
+// also ends as soon as that server begins to shut down: the http app waits
+// for open requests before it stops the other apps when Caddy exits, so
+// ending streams in Stop alone could come too late.
+func (a *App) attach(channel string, srv *http.Server) (*subscriber, error) {
+	s := newSubscriber(channel)
+	cs := a.streams
+	cs.mu.Lock()
+	if cs.stopping {
+		cs.mu.Unlock()
+		return nil, errStopping
+	}
+	cs.open[s] = struct{}{}
+	if _, ok := cs.hooked[srv]; srv != nil && !ok {
+		cs.hooked[srv] = struct{}{}
+		srv.RegisterOnShutdown(a.endStreams)
+	}
+	cs.mu.Unlock()
+	a.broadcaster.subscribe(s)
+	return s, nil
+}
+
+// detach removes a stream that has ended.
+func (a *App) detach(s *subscriber) {
+	a.broadcaster.unsubscribe(s)
+	a.streams.mu.Lock()
+	delete(a.streams.open, s)
+	a.streams.mu.Unlock()
+}
+
+// endStreams drops every stream of this config and refuses new ones.
+func (a *App) endStreams() {
+	cs := a.streams
+	cs.mu.Lock()
+	cs.stopping = true
+	streams := make([]*subscriber, 0, len(cs.open))
+	for s := range cs.open {
+		streams = append(streams, s)
+	}
+	cs.mu.Unlock()
+	for _, s := range streams {
+		s.drop(dropShutdown)
+	}
+	if len(streams) > 0 {
+		a.logger.Info("ended open streams", zap.Int("streams", len(streams)))
+	}
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

@@ -1,0 +1,124 @@
+package ssebroadcast
+
+import (
+	"sync"
+)
+
+// Default bounds of a subscriber's queue. A client that falls this far behind
+// is disconnected rather than allowed to hold memory or slow a publisher.
+const (
+	defaultQueueEvents = 1024
+	defaultQueueBytes  = 4 << 20
+)
+
+// dropReason says why the broadcaster ended a subscription.
+type dropReason string
+
+const (
+	dropSlow     dropReason = "slow"     // its queue overflowed
+	dropShutdown dropReason = "shutdown" // the server or the app is stopping
+)
+
+// subscriber is one connected stream's place in a channel. Publishers append
+// encoded events to its queue without blocking; the stream's own goroutine
+// takes the whole queue at once and writes it with a single flush.
+type subscriber struct {
+	channel string
+
+	maxEvents int
+	maxBytes  int
+
+	// wake has room for one signal: a publisher that finds it full knows
+	// the writer has not yet taken what is queued, and the writer takes
+	// everything when it wakes, so one pending signal is enough.
+	wake chan struct{}
+	// gone is closed when the broadcaster drops the subscriber.
+	gone chan struct{}
+
+	mu          sync.Mutex
+	queue       [][]byte
+	queuedBytes int
+	dropped     dropReason
+}
+
+func newSubscriber(channel string) *subscriber {
+	return &subscriber{
+		channel:   channel,
+		maxEvents: defaultQueueEvents,
+		maxBytes:  defaultQueueBytes,
+		wake:      make(chan struct{}, 1),
+		gone:      make(chan struct{}),
+	}
+}
+
+// enqueueOutcome says what enqueue did with an event.
+type enqueueOutcome int
+
+const (
+	enqueued    enqueueOutcome = iota
+	overflowed                 // the queue was full: the subscriber is dropped now
+	alreadyGone                // the subscriber had been dropped before
+)
+
+// enqueue queues one encoded event, shared with every other subscriber and
+// never modified.
+func (s *subscriber) enqueue(frame []byte) enqueueOutcome {
+	s.mu.Lock()
+	if s.dropped != "" {
+		s.mu.Unlock()
+		return alreadyGone
+	}
+	if len(s.queue) >= s.maxEvents || s.queuedBytes+len(frame) > s.maxBytes {
+		s.dropLocked(dropSlow)
+		s.mu.Unlock()
+		return overflowed
+	}
+	s.queue = append(s.queue, frame)
+	s.queuedBytes += len(frame)
+	s.mu.Unlock()
+
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return enqueued
+}
+
+// take swaps the queue for spare (emptied for reuse) and returns what was
+// queued, so that the writer holds the lock only for the swap.
+func (s *subscriber) take(spare [][]byte) [][]byte {
+	clear(spare)
+	s.mu.Lock()
+	frames := s.queue
+	s.queue = spare[:0]
+	s.queuedBytes = 0
+	s.mu.Unlock()
+	return frames
+}
+
+// drop ends the subscription; the first reason given is the one kept.
+func (s *subscriber) drop(reason dropReason) {
+	s.mu.Lock()
+	s.dropLocked(reason)
+	s.mu.Unlock()
+}
+
+func (s *subscriber) dropLocked(reason dropReason) {
+	if s.dropped != "" {
+		return
+	}
+	s.dropped = reason
+	if reason == dropSlow {
+		// What a slow client has queued is never written: release it now.
+		s.queue = nil
+		s.queuedBytes = 0
+	}
+	close(s.gone)
+}
+
+// dropReason returns why the subscriber was dropped, or "" if it was not.
+func (s *subscriber) dropReason() dropReason {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
+}
