@@ -1,7 +1,6 @@
 package ssebroadcast
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -108,15 +107,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // leaves or the broadcaster drops the subscriber. Its error says why a write
 // failed; the response is already under way, so it is only logged.
 func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber) error {
+	// The server's idle timeouts (read_body_idle, write_idle, idle) let a
+	// stream live as long as its writes make progress. Its hard timeouts
+	// (read_body, write) bound the whole response, as the user asked, and
+	// Caddy lets no handler loosen them: the README says to leave them
+	// unset on servers that carry streams.
 	rc := http.NewResponseController(w)
-	// A stream is meant to outlive the server's read and write timeouts.
-	if err := rc.SetReadDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return fmt.Errorf("clearing read deadline: %w", err)
-	}
-	if err := rc.SetWriteDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return fmt.Errorf("clearing write deadline: %w", err)
-	}
-
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
 	hdr.Set("Cache-Control", "no-cache")

@@ -1,0 +1,293 @@
+package ssebroadcast
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const newsCaddyfile = `{
+	{GLOBAL}
+}
+:{HTTP} {
+	route /events {
+		sse_broadcast {
+			channel news
+			retry 2s
+		}
+	}
+	route /topic {
+		sse_broadcast {
+			channel topic-{query.topic}
+		}
+	}
+	route /any {
+		sse_broadcast {query.topic}
+	}
+	route /default {
+		sse_broadcast
+	}
+}`
+
+func TestStreamReceivesAdminBroadcastsByteExact(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	s := openStream(t, nil, ts.url("/events"))
+
+	assert.Equal(t, "text/event-stream", s.resp.Header.Get("Content-Type"))
+	assert.Equal(t, "no-cache", s.resp.Header.Get("Cache-Control"))
+	assert.Equal(t, "no", s.resp.Header.Get("X-Accel-Buffering"))
+
+	res := ts.mustBroadcast(`{"event":"tick","data":"{\"i\":1}","id":"1","retry":3000,"channel":"news"}`)
+	assert.Equal(t, Result{Channel: "news", ID: "1", Clients: 1}, res)
+	ev := s.next()
+	assert.Equal(t, "tick", ev.Type)
+	assert.Equal(t, `{"i":1}`, ev.Data)
+	assert.Equal(t, "1", ev.LastEventID)
+
+	ts.mustBroadcast(`{"channel":"news","event":"multi","data":"one\ntwo\r\nthree\rfour"}`)
+	ev = s.next()
+	assert.Equal(t, "multi", ev.Type)
+	assert.Equal(t, "one\ntwo\nthree\nfour", ev.Data)
+	assert.Equal(t, "1", ev.LastEventID, "an event without id keeps the last one")
+
+	ts.mustBroadcast(`{"channel":"news","id":"ü-2","data":"héllo 世界 🎉"}`)
+	ev = s.next()
+	assert.Equal(t, "", ev.Type)
+	assert.Equal(t, "héllo 世界 🎉", ev.Data)
+	assert.Equal(t, "ü-2", ev.LastEventID)
+
+	ts.mustBroadcast(`{"channel":"news","event":"empty","data":""}`)
+	ev = s.next()
+	assert.Equal(t, "empty", ev.Type)
+	assert.Equal(t, "", ev.Data)
+
+	ts.mustBroadcast(`{"channel":"news","data":{"nested": [1, 2, {"a": "b"}]}}`)
+	ev = s.next()
+	assert.Equal(t, `{"nested":[1,2,{"a":"b"}]}`, ev.Data, "non-string data is sent as compact JSON")
+
+	assert.Equal(t, "retry: 2000\n\n"+
+		"id: 1\nevent: tick\nretry: 3000\ndata: {\"i\":1}\n\n"+
+		"event: multi\ndata: one\ndata: two\ndata: three\ndata: four\n\n"+
+		"id: ü-2\ndata: héllo 世界 🎉\n\n"+
+		"event: empty\ndata: \n\n"+
+		"data: {\"nested\":[1,2,{\"a\":\"b\"}]}\n\n",
+		s.raw.String())
+}
+
+func TestChannelsAreIsolated(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	news := openStream(t, nil, ts.url("/events"))
+	sports := openStream(t, nil, ts.url("/any?topic=sports"))
+
+	assert.Equal(t, 0, ts.mustBroadcast(`{"channel":"weather","data":"nobody"}`).Clients)
+	assert.Equal(t, 1, ts.mustBroadcast(`{"channel":"sports","data":"goal"}`).Clients)
+	assert.Equal(t, 1, ts.mustBroadcast(`{"channel":"news","data":"headline"}`).Clients)
+
+	assert.Equal(t, "headline", news.next().Data, "news must skip the sports event")
+	assert.Equal(t, "goal", sports.next().Data)
+
+	ts.mustBroadcast(`{"channel":"sports","data":"second goal"}`)
+	assert.Equal(t, "second goal", sports.next().Data, "sports must skip the news event")
+}
+
+func TestPlaceholderChannelsRoutePerRequest(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	red := openStream(t, nil, ts.url("/topic?topic=red"))
+	blue := openStream(t, nil, ts.url("/topic?topic=blue"))
+	blue2 := openStream(t, nil, ts.url("/topic?topic=blue"))
+
+	assert.Equal(t, 2, ts.mustBroadcast(`{"channel":"topic-blue","data":"b"}`).Clients)
+	assert.Equal(t, 1, ts.mustBroadcast(`{"channel":"topic-red","data":"r"}`).Clients)
+	assert.Equal(t, "r", red.next().Data)
+	assert.Equal(t, "b", blue.next().Data)
+	assert.Equal(t, "b", blue2.next().Data)
+
+	st := ts.stats()
+	assert.Equal(t, map[string]ChannelStats{"topic-red": {Clients: 1}, "topic-blue": {Clients: 2}}, st.Channels)
+}
+
+func TestDefaultChannelIsUsedWhenNoneIsNamed(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	s := openStream(t, nil, ts.url("/default"))
+	res := ts.mustBroadcast(`{"data":"to everyone on default"}`)
+	assert.Equal(t, Result{Channel: "default", Clients: 1}, res)
+	assert.Equal(t, "to everyone on default", s.next().Data)
+}
+
+func TestStreamOpensWithACommentWhenNoRetryIsSet(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	s := openStream(t, nil, ts.url("/default"))
+	assert.Equal(t, ": open\n\n", s.raw.String(), "no retry field unless configured")
+}
+
+func TestKeepAliveCommentsArriveAtTheInterval(t *testing.T) {
+	ts := startCaddy(t, `{
+	{GLOBAL}
+}
+:{HTTP} {
+	route /fast {
+		sse_broadcast {
+			keepalive 100ms
+		}
+	}
+	route /quiet {
+		sse_broadcast {
+			keepalive off
+		}
+	}
+}`)
+	quiet := openStream(t, nil, ts.url("/quiet"))
+	fast := openStream(t, nil, ts.url("/fast"))
+
+	start := time.Now()
+	fast.raw.awaitCount(t, ": keep-alive\n\n", 3)
+	elapsed := time.Since(start)
+	assert.GreaterOrEqual(t, elapsed, 300*time.Millisecond, "three keep-alives came faster than the interval")
+	assert.Equal(t, ": open\n\n", quiet.raw.String(), "keepalive off must send no comments")
+
+	// Events reset the idle timer; a keep-alive follows an event only after
+	// a full interval, and never splits an event.
+	ts.mustBroadcast(`{"data":"x"}`)
+	assert.Equal(t, "x", fast.next().Data)
+	assert.Equal(t, "x", quiet.next().Data)
+	content := fast.raw.awaitCount(t, ": keep-alive\n\n", 4)
+	assert.Contains(t, content, "data: x\n\n: keep-alive\n\n")
+}
+
+func TestStreamFlushesThroughEncode(t *testing.T) {
+	for _, minLength := range []int{0, 1} {
+		t.Run(fmt.Sprintf("minimum_length %d", minLength), func(t *testing.T) {
+			encode := "encode gzip"
+			if minLength > 0 {
+				encode = fmt.Sprintf("encode gzip {\n\t\tminimum_length %d\n\t}", minLength)
+			}
+			ts := startCaddy(t, `{
+	{GLOBAL}
+}
+:{HTTP} {
+	`+encode+`
+	sse_broadcast
+}`)
+			// Go's transport asks for gzip and decompresses transparently.
+			s := openStream(t, nil, ts.url("/"))
+			if minLength > 0 {
+				assert.True(t, s.resp.Uncompressed, "the stream should have been gzip-encoded")
+			}
+			for i := range 3 {
+				ts.mustBroadcast(fmt.Sprintf(`{"id":"%d","data":"through encode"}`, i))
+				ev := s.next()
+				assert.Equal(t, "through encode", ev.Data)
+				assert.Equal(t, fmt.Sprint(i), ev.LastEventID)
+			}
+		})
+	}
+}
+
+func TestStreamAnswersGetOnly(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodHead} {
+		req, err := http.NewRequest(method, ts.url("/events"), nil)
+		require.NoError(t, err)
+		resp, err := plainClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode, method)
+		assert.Equal(t, "GET", resp.Header.Get("Allow"), method)
+	}
+	assert.Equal(t, 0, ts.stats().Clients)
+}
+
+func TestStreamWithAnInvalidChannelGets400(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	for _, path := range []string{"/any", "/any?topic=", "/any?topic=a%0Ab", "/any?topic=a%0Db"} {
+		resp, err := plainClient.Get(ts.url(path))
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode, path)
+	}
+	assert.Equal(t, 0, ts.stats().Clients)
+}
+
+func TestStreamOutlivesServerIdleTimeouts(t *testing.T) {
+	ts := startCaddy(t, `{
+	{GLOBAL}
+	servers {
+		timeouts {
+			read_body_idle 100ms
+			read_header 100ms
+			write_idle 100ms
+			idle 100ms
+		}
+	}
+}
+:{HTTP} {
+	sse_broadcast {
+		keepalive 300ms
+	}
+}`)
+	s := openStream(t, nil, ts.url("/"))
+	// Each gap between writes is longer than every timeout above.
+	s.raw.awaitCount(t, ": keep-alive\n\n", 3)
+	ts.mustBroadcast(`{"data":"still here"}`)
+	assert.Equal(t, "still here", s.next().Data)
+}
+
+func TestLeavingClientIsUnsubscribed(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	stay := openStream(t, nil, ts.url("/events"))
+	leave := openStream(t, nil, ts.url("/events"))
+	require.Equal(t, 2, ts.stats().Channels["news"].Clients)
+
+	leave.close()
+	require.Eventually(t, func() bool { return ts.stats().Channels["news"].Clients == 1 },
+		awaitTimeout, 5*time.Millisecond, "the server must notice the client left")
+	assert.Equal(t, 1, ts.mustBroadcast(`{"channel":"news","data":"after"}`).Clients)
+	assert.Equal(t, "after", stay.next().Data)
+}
+
+func TestStopEndsOpenStreams(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	streams := make([]*stream, 20)
+	for i := range streams {
+		streams[i] = openStream(t, nil, ts.url("/events"))
+	}
+	ts.mustBroadcast(`{"channel":"news","data":"before stop"}`)
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- caddy.Stop() }()
+	select {
+	case err := <-stopped:
+		require.NoError(t, err)
+	case <-time.After(awaitTimeout):
+		require.FailNow(t, "stopping Caddy waited on open streams")
+	}
+	for _, s := range streams {
+		assert.Equal(t, "before stop", s.next().Data, "events published before the stop arrive")
+		s.awaitEnd()
+	}
+}
+
+func TestReloadEndsOldStreamsAndKeepsTheBroadcaster(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	old := openStream(t, nil, ts.url("/events"))
+	ts.mustBroadcast(`{"channel":"news","data":"first"}`)
+	assert.Equal(t, "first", old.next().Data)
+
+	ts.load(strings.Replace(newsCaddyfile, "retry 2s", "retry 5s", 1))
+	old.awaitEnd()
+
+	fresh := openStream(t, nil, ts.url("/events"))
+	assert.Equal(t, "retry: 5000\n\n", fresh.raw.String(), "the new config serves new streams")
+	ts.mustBroadcast(`{"channel":"news","data":"second"}`)
+	assert.Equal(t, "second", fresh.next().Data)
+
+	st := ts.stats()
+	assert.Equal(t, uint64(2), st.EventsPublished, "counters live across the reload")
+	assert.Equal(t, 1, st.Clients)
+}

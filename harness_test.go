@@ -1,0 +1,308 @@
+package ssebroadcast
+
+// The test harness: a real Caddy, in this process, loaded from a Caddyfile;
+// real HTTP connections; and streams read by a third-party SSE parser
+// (github.com/tmaxmax/go-sse) alongside their raw bytes.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/stretchr/testify/require"
+	sse "github.com/tmaxmax/go-sse"
+	"go.uber.org/goleak"
+)
+
+// awaitTimeout bounds every wait for something the server must do; it is a
+// deadline for failure, never a delay the tests sleep through.
+const awaitTimeout = 10 * time.Second
+
+// plainClient makes a new connection for each request, so that no idle
+// connection outlives a test and hides or fakes a leak.
+var plainClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+// testServer is an in-process Caddy with its HTTP and admin addresses.
+type testServer struct {
+	t     testing.TB
+	http  string // host:port of the site
+	admin string // host:port of the admin endpoint
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startCaddy loads a Caddyfile into the process's Caddy and stops it when the
+// test ends. In the Caddyfile, {ADMIN} and {HTTP} stand for free ports, and
+// the global options block must start with {GLOBAL}, which adds what every
+// test server needs.
+func startCaddy(t testing.TB, caddyfile string) *testServer {
+	t.Helper()
+	ts := &testServer{
+		t:     t,
+		http:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+	}
+	ts.load(caddyfile)
+	t.Cleanup(func() {
+		require.NoError(t, caddy.Stop())
+		checkNoLeaks(t)
+	})
+	return ts
+}
+
+// load adapts and loads a Caddyfile, as a reload does when Caddy runs.
+func (ts *testServer) load(caddyfile string) {
+	ts.t.Helper()
+	cfgJSON := ts.adapt(caddyfile)
+	require.NoError(ts.t, caddy.Load(cfgJSON, true), "loading config")
+}
+
+func (ts *testServer) adapt(caddyfile string) []byte {
+	ts.t.Helper()
+	_, httpPort, _ := net.SplitHostPort(ts.http)
+	global := fmt.Sprintf("admin %s\n\tpersist_config off", ts.admin)
+	caddyfile = strings.NewReplacer("{GLOBAL}", global, "{HTTP}", httpPort).Replace(caddyfile)
+	cfgJSON, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), map[string]any{"filename": "Caddyfile"})
+	require.NoError(ts.t, err, "adapting Caddyfile")
+	for _, w := range warnings {
+		// Test Caddyfiles are written inline; their layout is not under test.
+		if !strings.Contains(w.Message, "not formatted") {
+			ts.t.Errorf("adapting Caddyfile: warning: %s", w)
+		}
+	}
+	return cfgJSON
+}
+
+func (ts *testServer) url(path string) string { return "http://" + ts.http + path }
+
+// apiResponse is an admin API answer.
+type apiResponse struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// errorMessage returns the "error" member of a JSON error answer.
+func (r apiResponse) errorMessage(t testing.TB) string {
+	t.Helper()
+	var body struct {
+		Error string `json:"error"`
+	}
+	require.NoError(t, json.Unmarshal(r.body, &body), "error answer %q is not JSON", r.body)
+	require.NotEmpty(t, body.Error, "error answer %q has no message", r.body)
+	return body.Error
+}
+
+// adminRequest sends a request to the admin endpoint, as a script would.
+func (ts *testServer) adminRequest(method, path, contentType string, body []byte) apiResponse {
+	ts.t.Helper()
+	req, err := http.NewRequest(method, "http://"+ts.admin+path, bytes.NewReader(body))
+	require.NoError(ts.t, err)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := plainClient.Do(req)
+	require.NoError(ts.t, err)
+	defer resp.Body.Close()
+	respBody, err := io.ReadAll(resp.Body)
+	require.NoError(ts.t, err)
+	return apiResponse{status: resp.StatusCode, header: resp.Header, body: respBody}
+}
+
+// broadcast posts a JSON body to /sse/broadcast.
+func (ts *testServer) broadcast(body string) apiResponse {
+	ts.t.Helper()
+	return ts.adminRequest(http.MethodPost, "/sse/broadcast", "application/json", []byte(body))
+}
+
+// mustBroadcast posts one event and requires the API to accept it.
+func (ts *testServer) mustBroadcast(body string) Result {
+	ts.t.Helper()
+	resp := ts.broadcast(body)
+	require.Equal(ts.t, http.StatusOK, resp.status, "broadcast answer: %s", resp.body)
+	var res Result
+	require.NoError(ts.t, json.Unmarshal(resp.body, &res))
+	return res
+}
+
+func (ts *testServer) stats() Stats {
+	ts.t.Helper()
+	resp := ts.adminRequest(http.MethodGet, "/sse/stats", "", nil)
+	require.Equal(ts.t, http.StatusOK, resp.status, "stats answer: %s", resp.body)
+	var st Stats
+	require.NoError(ts.t, json.Unmarshal(resp.body, &st))
+	return st
+}
+
+// stream is one open text/event-stream, read by go-sse's parser while its
+// raw bytes are kept for byte-exact checks.
+type stream struct {
+	t      testing.TB
+	resp   *http.Response
+	cancel context.CancelFunc
+	events chan sse.Event
+	raw    *watchedBuffer
+	ended  chan struct{} // closed when the server ends the stream
+}
+
+// openStream connects to url and waits until the server has subscribed the
+// client, which it shows by writing the stream's first bytes.
+func openStream(t testing.TB, client *http.Client, url string) *stream {
+	t.Helper()
+	s := dialStream(t, client, url)
+	require.Equal(t, http.StatusOK, s.resp.StatusCode)
+	s.raw.awaitContains(t, "\n\n")
+	return s
+}
+
+// dialStream connects to url without waiting for anything.
+func dialStream(t testing.TB, client *http.Client, url string) *stream {
+	t.Helper()
+	if client == nil {
+		client = plainClient
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	require.NoError(t, err)
+	resp, err := client.Do(req)
+	if err != nil {
+		cancel()
+		require.NoError(t, err)
+	}
+	s := &stream{
+		t:      t,
+		resp:   resp,
+		cancel: cancel,
+		events: make(chan sse.Event, 1024),
+		raw:    newWatchedBuffer(),
+		ended:  make(chan struct{}),
+	}
+	go func() {
+		defer close(s.ended)
+		defer close(s.events)
+		for ev, err := range sse.Read(io.TeeReader(resp.Body, s.raw), nil) {
+			if err != nil {
+				return
+			}
+			s.events <- ev
+		}
+	}()
+	t.Cleanup(s.close)
+	return s
+}
+
+// close leaves the stream, as a client that goes away does.
+func (s *stream) close() {
+	s.cancel()
+	s.resp.Body.Close()
+	<-s.ended
+}
+
+// next returns the next event the parser read.
+func (s *stream) next() sse.Event {
+	s.t.Helper()
+	select {
+	case ev, ok := <-s.events:
+		require.True(s.t, ok, "stream ended while awaiting an event; it had read %q", s.raw.String())
+		return ev
+	case <-time.After(awaitTimeout):
+		require.FailNow(s.t, "no event arrived", "the stream had read %q", s.raw.String())
+		return sse.Event{}
+	}
+}
+
+// awaitEnd waits until the server ends the stream.
+func (s *stream) awaitEnd() {
+	s.t.Helper()
+	select {
+	case <-s.ended:
+	case <-time.After(awaitTimeout):
+		require.FailNow(s.t, "the server did not end the stream")
+	}
+}
+
+// watchedBuffer is a byte buffer that can be awaited for content.
+type watchedBuffer struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	changed chan struct{} // closed and replaced on every write
+}
+
+func newWatchedBuffer() *watchedBuffer {
+	return &watchedBuffer{changed: make(chan struct{})}
+}
+
+func (b *watchedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, err := b.buf.Write(p)
+	close(b.changed)
+	b.changed = make(chan struct{})
+	return n, err
+}
+
+func (b *watchedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// awaitContains waits until the buffer holds substr, and returns its content.
+func (b *watchedBuffer) awaitContains(t testing.TB, substr string) string {
+	t.Helper()
+	return b.awaitCount(t, substr, 1)
+}
+
+// awaitCount waits until substr occurs n times in the buffer.
+func (b *watchedBuffer) awaitCount(t testing.TB, substr string, n int) string {
+	t.Helper()
+	deadline := time.After(awaitTimeout)
+	for {
+		b.mu.Lock()
+		content, changed := b.buf.String(), b.changed
+		b.mu.Unlock()
+		if strings.Count(content, substr) >= n {
+			return content
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			require.FailNowf(t, "stream content not seen", "awaited %d× %q; the stream had read %q", n, substr, content)
+		}
+	}
+}
+
+// checkNoLeaks fails the test if a goroutine outlived the config that
+// started it, Caddy's own process-wide ones aside.
+func checkNoLeaks(t testing.TB) {
+	t.Helper()
+	require.NoError(t, goleak.Find(caddyProcessGoroutines...), "goroutines left behind")
+}
+
+// caddyProcessGoroutines are the goroutines that Caddy keeps for the whole
+// process, whatever config runs: they are not the module's to end.
+var caddyProcessGoroutines = []goleak.Option{
+	// The admin endpoint serves until the next config replaces it.
+	goleak.IgnoreAnyFunction("github.com/caddyserver/caddy/v2.replaceLocalAdminServer.func2"),
+	// Storage locks are refreshed while the process lives.
+	goleak.IgnoreTopFunction("github.com/caddyserver/certmagic.keepLockfileFresh"),
+	goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh"),
+}
