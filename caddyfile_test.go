@@ -1,0 +1,77 @@
+package ssebroadcast
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var updateAdaptTests = flag.Bool("update", false, "rewrite the expected JSON of Caddyfile adapt tests")
+
+// Each file in testdata/caddyfile_adapt holds a Caddyfile, a line of dashes,
+// and the JSON it must adapt to. Adding a case is adding a file.
+func TestCaddyfileAdaptsToExpectedJSON(t *testing.T) {
+	files, err := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			content, err := os.ReadFile(file)
+			require.NoError(t, err)
+			caddyfile, want, found := strings.Cut(string(content), "\n----------\n")
+			require.True(t, found, "no line of dashes in %s", file)
+			caddyfile += "\n" // the newline before the dashes ends the Caddyfile
+
+			got, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), map[string]any{"filename": "Caddyfile"})
+			require.NoError(t, err)
+			assert.Empty(t, warnings)
+			var pretty bytes.Buffer
+			require.NoError(t, json.Indent(&pretty, got, "", "\t"))
+
+			if *updateAdaptTests {
+				require.NoError(t, os.WriteFile(file, []byte(caddyfile+"----------\n"+pretty.String()+"\n"), 0o644))
+				return
+			}
+			assert.JSONEq(t, want, pretty.String())
+		})
+	}
+}
+
+func TestCaddyfileErrorsNameTheFileAndLine(t *testing.T) {
+	tests := []struct {
+		name      string
+		caddyfile string
+		message   string
+		line      int
+	}{
+		{"unknown subdirective", ":8080 {\n\tsse_broadcast {\n\t\tchanel news\n\t}\n}", `unrecognized sse_broadcast subdirective "chanel"`, 3},
+		{"bad keepalive", ":8080 {\n\tsse_broadcast {\n\t\tkeepalive often\n\t}\n}", `parsing keepalive "often"`, 3},
+		{"zero keepalive", ":8080 {\n\tsse_broadcast {\n\t\tkeepalive 0s\n\t}\n}", `keepalive must be at least 1ms`, 3},
+		{"zero retry", ":8080 {\n\tsse_broadcast {\n\t\tretry 0\n\t}\n}", `retry must be at least 1ms`, 3},
+		{"negative retry", ":8080 {\n\tsse_broadcast {\n\t\tretry -2s\n\t}\n}", `retry must be at least 1ms`, 3},
+		{"missing value", ":8080 {\n\tsse_broadcast {\n\t\tchannel\n\t}\n}", ``, 3},
+		{"extra value", ":8080 {\n\tsse_broadcast {\n\t\tretry 2s 3s\n\t}\n}", ``, 3},
+		{"two channels inline", ":8080 {\n\tsse_broadcast /events a b\n}", ``, 2},
+		{"bad max_body", "{\n\tsse {\n\t\tmax_body lots\n\t}\n}\n:8080 {\n\tsse_broadcast\n}", `parsing max_body "lots"`, 3},
+		{"zero max_body", "{\n\tsse {\n\t\tmax_body 0\n\t}\n}\n:8080 {\n\tsse_broadcast\n}", `max_body must be between`, 3},
+		{"unknown app option", "{\n\tsse {\n\t\tmax_bodies 1MiB\n\t}\n}\n:8080 {\n\tsse_broadcast\n}", `unrecognized sse option "max_bodies"`, 3},
+		{"app option given twice", "{\n\tsse {\n\t\tmax_body 1MiB\n\t}\n\tsse {\n\t}\n}\n:8080 {\n\tsse_broadcast\n}", `the sse option is given more than once`, 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(tt.caddyfile), map[string]any{"filename": "Caddyfile"})
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.message)
+			assert.Contains(t, err.Error(), fmt.Sprintf("Caddyfile:%d", tt.line))
+		})
+	}
+}
