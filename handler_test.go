@@ -291,3 +291,16 @@ func TestReloadEndsOldStreamsAndKeepsTheBroadcaster(t *testing.T) {
 	assert.Equal(t, uint64(2), st.EventsPublished, "counters live across the reload")
 	assert.Equal(t, 1, st.Clients)
 }
+
+// When Caddy exits, the http app waits for its servers' open requests, and
+// it may be stopped before the sse app: the streams must end as soon as
+// their server begins to shut down, not only when the sse app stops.
+func TestStreamsEndWhenTheirServerBeginsToShutDown(t *testing.T) {
+	ts := startCaddy(t, newsCaddyfile)
+	s := openStream(t, nil, ts.url("/events"))
+
+	httpApp, err := caddy.ActiveContext().AppIfConfigured("http")
+	require.NoError(t, err)
+	require.NoError(t, httpApp.(caddy.App).Stop())
+	s.awaitEnd()
+}

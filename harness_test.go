@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -28,6 +29,22 @@ import (
 // awaitTimeout bounds every wait for something the server must do; it is a
 // deadline for failure, never a delay the tests sleep through.
 const awaitTimeout = 10 * time.Second
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binaryDir != "" {
+		os.RemoveAll(binaryDir)
+	}
+	if code == 0 {
+		// Whatever a single test's check could not see: goroutines of
+		// streams, clients or servers that outlived every test.
+		if err := goleak.Find(caddyProcessGoroutines...); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutines left behind after all tests: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // plainClient makes a new connection for each request, so that no idle
 // connection outlives a test and hides or fakes a leak.
