@@ -16,7 +16,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "sse-broadcast",
-		Usage: "--data <text>|- [--event <name>] [--id <id>] [--retry <ms>] [--channel <name>] [--address <interface>] [--config <path> [--adapter <name>]]",
+		Usage: "[--data <text>|-] [--event <name>] [--id <id>] [--retry <ms>] [--channel <name>] [--address <interface>] [--config <path> [--adapter <name>]]",
 		Short: "Broadcasts a Server-Sent Event through a running Caddy",
 		Long: `
 Sends one event to every client streaming the channel from the running Caddy,

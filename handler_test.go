@@ -304,3 +304,35 @@ func TestStreamsEndWhenTheirServerBeginsToShutDown(t *testing.T) {
 	require.NoError(t, httpApp.(caddy.App).Stop())
 	s.awaitEnd()
 }
+
+func TestStreamFromAJSONConfig(t *testing.T) {
+	ts := &testServer{
+		t:     t,
+		http:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+	}
+	cfg := fmt.Sprintf(`{
+		"admin": {"listen": %q, "config": {"persist": false}},
+		"apps": {
+			"sse": {"max_body": 2048},
+			"http": {"servers": {"srv0": {"listen": [%q], "routes": [{
+				"match": [{"path": ["/events"]}],
+				"handle": [{"handler": "sse_broadcast", "channel": "json-{http.request.uri.query.room}", "keepalive": "50ms", "retry": "1500ms"}]
+			}]}}}
+		}
+	}`, ts.admin, ts.http)
+	require.NoError(t, caddy.Load([]byte(cfg), true))
+	t.Cleanup(func() {
+		require.NoError(t, caddy.Stop())
+		checkNoLeaks(t)
+	})
+
+	s := openStream(t, nil, ts.url("/events?room=a"))
+	assert.Equal(t, "retry: 1500\n\n", s.raw.String())
+	s.raw.awaitContains(t, ": keep-alive\n\n")
+	ts.mustBroadcast(`{"channel":"json-a","data":"from JSON config"}`)
+	assert.Equal(t, "from JSON config", s.next().Data)
+
+	resp := ts.broadcast(fmt.Sprintf(`{"channel":"json-a","data":"%s"}`, strings.Repeat("x", 2048)))
+	assert.Equal(t, http.StatusRequestEntityTooLarge, resp.status)
+}
