@@ -189,6 +189,11 @@ func (a *App) detach(s *subscriber) {
 func (a *App) endStreams() {
 	cs := a.streams
 	cs.mu.Lock()
+	if cs.stopping {
+		// Both a server's shutdown and the app's Stop end the streams.
+		cs.mu.Unlock()
+		return
+	}
 	cs.stopping = true
 	streams := make([]*subscriber, 0, len(cs.open))
 	for s := range cs.open {
