@@ -77,10 +77,10 @@ func TestBadBroadcastsAreRejectedAndReachNoClient(t *testing.T) {
 	assert.Equal(t, before.EventsPublished, after.EventsPublished, "a rejected request must publish nothing")
 	// Events within a channel arrive in order, so if the sentinel is the
 	// first thing the client reads, nothing before it got through.
-	ts.mustBroadcast(`{"channel":"news","data":"sentinel"}`)
+	sentinel := ts.mustBroadcast(`{"channel":"news","data":"sentinel"}`)
 	ev := s.next()
 	assert.Equal(t, "sentinel", ev.Data)
-	assert.Equal(t, ": open\n\ndata: sentinel\n\n", s.raw.String())
+	assert.Equal(t, ": open\n\nid: "+sentinel.ID+"\ndata: sentinel\n\n", s.raw.String())
 }
 
 func TestBatchIsPublishedInOrderAndAnsweredAsAnArray(t *testing.T) {
@@ -141,9 +141,15 @@ func TestStatsReportClientsAndCounters(t *testing.T) {
 	news2.next()
 
 	st := ts.stats()
+	assert.Positive(t, st.ReplayBytes)
+	st.ReplayBytes = 0
 	assert.Equal(t, Stats{
-		Clients:         3,
-		Channels:        map[string]ChannelStats{"news": {Clients: 2}, "sports": {Clients: 1}},
+		Clients: 3,
+		Channels: map[string]ChannelStats{
+			"news":   {Clients: 2, Replayable: 1},
+			"sports": {Clients: 1, Replayable: 1},
+			"nobody": {Clients: 0, Replayable: 1},
+		},
 		EventsPublished: 3,
 		Deliveries:      3,
 	}, st)

@@ -4,78 +4,164 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// broadcaster maps channels to their subscribers and fans published events
-// out to them. One broadcaster serves the whole process: the sse app keeps it
-// in a caddy.UsagePool so that a config reload finds the same one.
+// broadcaster maps channels to their subscribers and replay windows, and
+// fans published events out to them. One broadcaster serves the whole
+// process: the sse app keeps it in a caddy.UsagePool, so that a config
+// reload finds the same channels, windows, id sequence and counters.
 //
 // Publishing has two halves: publish validates and encodes (the publisher's
-// side) and fanOut queues the encoded bytes for this node's subscribers. A
-// transport between nodes belongs between the two.
+// side) and fanOut numbers the encoded event, keeps it for replay and queues
+// it for this node's subscribers. A transport between nodes belongs between
+// the two.
 type broadcaster struct {
 	mu       sync.RWMutex
 	channels map[string]*channel
 
-	published  atomic.Uint64
-	deliveries atomic.Uint64
-	slowDrops  atomic.Uint64
+	// lastSeq is the last sequence number handed out, over all channels:
+	// one sequence keeps ids strictly increasing within every channel even
+	// when an idle channel is removed and later made anew.
+	lastSeq atomic.Uint64
+
+	limits      atomic.Pointer[replayLimits]
+	windowBytes atomic.Int64 // over all channels
+
+	clients     atomic.Int64
+	published   atomic.Uint64
+	deliveries  atomic.Uint64
+	replayed    atomic.Uint64
+	rejected    atomic.Uint64
+	disconnects [numDropReasons]atomic.Uint64
+
+	stopJanitor chan struct{}
+	janitorDone chan struct{}
 }
 
-// channel is the set of subscribers of one channel name.
+// channel is one channel's subscribers and replay window. Its lock orders
+// everything that happens to the channel: publishes, and the moment a
+// resuming subscriber switches from replay to live.
 type channel struct {
+	name string
+
 	mu          sync.Mutex
 	subscribers map[*subscriber]struct{}
+	window      replayWindow
+	// removed is set, under both the broadcaster's and the channel's lock,
+	// when the channel leaves the map; whoever holds a stale pointer to it
+	// looks it up again.
+	removed bool
 }
 
-// encodedEvent is a validated event with its wire form, encoded once and
-// shared, read-only, by every subscriber that receives it.
-type encodedEvent struct {
-	channel string
-	id      string
-	frame   []byte
-}
-
-func newBroadcaster() *broadcaster {
-	return &broadcaster{channels: make(map[string]*channel)}
-}
-
-// Destruct implements caddy.Destructor. The broadcaster holds no resources
-// beyond memory; its subscribers are ended by the streams that own them.
-func (b *broadcaster) Destruct() error { return nil }
-
-// subscribe adds s to its channel.
-func (b *broadcaster) subscribe(s *subscriber) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ch := b.channels[s.channel]
-	if ch == nil {
-		ch = &channel{subscribers: make(map[*subscriber]struct{})}
-		b.channels[s.channel] = ch
+func newBroadcaster(limits replayLimits) *broadcaster {
+	b := &broadcaster{
+		channels:    make(map[string]*channel),
+		stopJanitor: make(chan struct{}),
+		janitorDone: make(chan struct{}),
 	}
-	ch.mu.Lock()
-	ch.subscribers[s] = struct{}{}
-	ch.mu.Unlock()
+	b.limits.Store(&limits)
+	go b.runJanitor()
+	return b
 }
 
-// unsubscribe removes s from its channel, and the channel once it is empty.
-func (b *broadcaster) unsubscribe(s *subscriber) {
+// Destruct implements caddy.Destructor: the last config using the
+// broadcaster is gone.
+func (b *broadcaster) Destruct() error {
+	close(b.stopJanitor)
+	<-b.janitorDone
+	return nil
+}
+
+// setLimits applies new replay limits in place; windows shrink to them at
+// their next publish or janitor pass.
+func (b *broadcaster) setLimits(limits replayLimits) {
+	b.limits.Store(&limits)
+}
+
+// lockChannel returns the named channel, locked, creating it if create is
+// set; without create it returns nil for a channel that does not exist.
+func (b *broadcaster) lockChannel(name string, create bool) *channel {
+	for {
+		b.mu.RLock()
+		ch := b.channels[name]
+		b.mu.RUnlock()
+		if ch == nil {
+			if !create {
+				return nil
+			}
+			b.mu.Lock()
+			ch = b.channels[name]
+			if ch == nil {
+				ch = &channel{name: name, subscribers: make(map[*subscriber]struct{})}
+				b.channels[name] = ch
+			}
+			b.mu.Unlock()
+		}
+		ch.mu.Lock()
+		if !ch.removed {
+			return ch
+		}
+		ch.mu.Unlock()
+	}
+}
+
+// removeIfIdle removes ch from the map if it has neither subscribers nor
+// events to replay.
+func (b *broadcaster) removeIfIdle(ch *channel) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	ch := b.channels[s.channel]
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.removed || len(ch.subscribers) > 0 || ch.window.len() > 0 {
+		return
+	}
+	ch.removed = true
+	delete(b.channels, ch.name)
+}
+
+// subscribe adds s to its channel. With resume set, s first receives the
+// events the window holds after lastEventID; taking them and joining the
+// live subscribers under the channel's lock means no event published
+// meanwhile is missed or sent twice.
+func (b *broadcaster) subscribe(s *subscriber, lastEventID string, resume bool) {
+	ch := b.lockChannel(s.channel, true)
+	defer ch.mu.Unlock()
+	if resume {
+		limits := b.limits.Load()
+		s.replay, _ = ch.window.after(lastEventID, time.Now(), limits.ttl)
+		b.replayed.Add(uint64(len(s.replay)))
+	}
+	ch.subscribers[s] = struct{}{}
+	s.ch = ch
+}
+
+// unsubscribe removes s from its channel, and the channel once it is idle.
+func (b *broadcaster) unsubscribe(s *subscriber) {
+	ch := s.ch
 	if ch == nil {
 		return
 	}
 	ch.mu.Lock()
 	delete(ch.subscribers, s)
-	empty := len(ch.subscribers) == 0
+	idle := len(ch.subscribers) == 0 && ch.window.len() == 0
 	ch.mu.Unlock()
-	if empty {
-		// Removal happens under b.mu, and subscribe holds b.mu too, so no
-		// subscriber can join a channel that is no longer in the map.
-		delete(b.channels, s.channel)
+	if idle {
+		b.removeIfIdle(ch)
 	}
 }
+
+// preparedEvent is a validated event with its wire form, encoded once and
+// shared, read-only, by every subscriber that receives it.
+type preparedEvent struct {
+	channel string
+	id      string // empty until fanOut assigns one
+	frame   []byte
+}
+
+// idDigitsAt is where an assigned id's digits stand in a frame encoded with
+// a placeholder id: right after "id: ".
+const idDigitsAt = len("id: ")
 
 // publish validates every event, then encodes and fans out each in order.
 // A batch is all or nothing: if any event is invalid, none is sent.
@@ -93,78 +179,188 @@ func (b *broadcaster) publish(events []Event) ([]Result, error) {
 	}
 	results := make([]Result, len(events))
 	for i := range events {
-		ev := &events[i]
-		enc := encodedEvent{
-			channel: ev.channelName(),
-			id:      ev.ID,
-			frame:   ev.encode(make([]byte, 0, ev.encodedSize())),
+		ev := events[i]
+		prep := preparedEvent{channel: ev.channelName(), id: ev.ID}
+		if ev.ID == "" {
+			// Encode with a placeholder of the assigned id's width, so
+			// that fanOut only has to write the digits in place.
+			ev.ID = seqPlaceholder
 		}
-		results[i] = Result{Channel: enc.channel, ID: enc.id, Clients: b.fanOut(&enc)}
+		prep.frame = ev.encode(make([]byte, 0, ev.encodedSize()))
+		clients := b.fanOut(&prep)
+		results[i] = Result{Channel: prep.channel, ID: prep.id, Clients: clients}
 	}
 	return results, nil
 }
 
-// fanOut queues the event for every subscriber of its channel on this node
-// and returns how many it was queued for. It never waits on a client.
-func (b *broadcaster) fanOut(ev *encodedEvent) int {
+var seqPlaceholder = string(appendSeq(nil, 0))
+
+// fanOut numbers the event, keeps it in its channel's window and queues it
+// for every subscriber of the channel on this node. It returns how many
+// subscribers it was queued for, and never waits on a client.
+func (b *broadcaster) fanOut(ev *preparedEvent) int {
 	b.published.Add(1)
-	b.mu.RLock()
-	ch := b.channels[ev.channel]
-	b.mu.RUnlock()
+	limits := b.limits.Load()
+	ch := b.lockChannel(ev.channel, limits.events > 0)
+	now := time.Now()
+	seq := b.nextSeq(now)
+	if ev.id == "" {
+		appendSeq(ev.frame[idDigitsAt:idDigitsAt], seq)
+		ev.id = string(ev.frame[idDigitsAt : idDigitsAt+seqDigits])
+	}
 	if ch == nil {
 		return 0
 	}
+	defer ch.mu.Unlock()
+
+	if limits.events > 0 {
+		entry := windowEntry{seq: seq, id: ev.id, frame: ev.frame, published: now}
+		ch.window.append(entry)
+		added := int64(entry.cost() - ch.window.trim(*limits, now))
+		// Over the total, the channel that publishes gives back its own
+		// oldest events: memory stays bounded whatever publishers do.
+		for b.windowBytes.Add(added) > limits.totalBytes && ch.window.len() > 0 {
+			added = -int64(ch.window.dropOldest())
+		}
+	}
+
 	queued := 0
-	ch.mu.Lock()
 	for s := range ch.subscribers {
 		switch s.enqueue(ev.frame) {
 		case enqueued:
 			queued++
 		case overflowed:
-			b.slowDrops.Add(1)
+			b.disconnects[dropSlow].Add(1)
 		}
 	}
-	ch.mu.Unlock()
 	b.deliveries.Add(uint64(queued))
 	return queued
 }
 
-// Stats is a snapshot of the broadcaster's counters, as GET /sse/stats
-// reports them.
+// nextSeq hands out the next sequence number.
+func (b *broadcaster) nextSeq(now time.Time) uint64 {
+	for {
+		last := b.lastSeq.Load()
+		seq := nextSeq(last, now)
+		if b.lastSeq.CompareAndSwap(last, seq) {
+			return seq
+		}
+	}
+}
+
+// drop ends s's subscription for reason, counting it once.
+func (b *broadcaster) drop(s *subscriber, reason dropReason) {
+	if s.drop(reason) {
+		b.disconnects[reason].Add(1)
+	}
+}
+
+// runJanitor releases expired replay windows and idle channels. Replay
+// honours the TTL by itself; the janitor only gives the memory back.
+func (b *broadcaster) runJanitor() {
+	defer close(b.janitorDone)
+	for {
+		interval := min(max(b.limits.Load().ttl/2, 50*time.Millisecond), 30*time.Second)
+		timer := time.NewTimer(interval)
+		select {
+		case <-b.stopJanitor:
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		b.sweep(time.Now())
+	}
+}
+
+// sweep trims every window to the limits and removes idle channels.
+func (b *broadcaster) sweep(now time.Time) {
+	limits := b.limits.Load()
+	b.mu.RLock()
+	channels := make([]*channel, 0, len(b.channels))
+	for _, ch := range b.channels {
+		channels = append(channels, ch)
+	}
+	b.mu.RUnlock()
+	for _, ch := range channels {
+		ch.mu.Lock()
+		if limits.events == 0 {
+			for ch.window.len() > 0 {
+				b.windowBytes.Add(-int64(ch.window.dropOldest()))
+			}
+		} else {
+			b.windowBytes.Add(-int64(ch.window.trim(*limits, now)))
+		}
+		idle := len(ch.subscribers) == 0 && ch.window.len() == 0
+		ch.mu.Unlock()
+		if idle {
+			b.removeIfIdle(ch)
+		}
+	}
+}
+
+// Stats is a snapshot of the broadcaster's figures, as GET /sse/stats
+// reports them. Counters run from the process's start; reloads keep them.
 type Stats struct {
 	// Clients is the number of connected clients over all channels.
 	Clients int `json:"clients"`
-	// Channels maps each channel with connected clients to its figures.
+	// Channels maps each channel with clients or events to replay to its
+	// figures.
 	Channels map[string]ChannelStats `json:"channels"`
-	// EventsPublished counts events published since the process started.
+	// EventsPublished counts published events.
 	EventsPublished uint64 `json:"events_published"`
 	// Deliveries counts events queued for a client, one per client reached.
 	Deliveries uint64 `json:"deliveries"`
-	// SlowClientsDropped counts clients disconnected because their queue
-	// overflowed.
-	SlowClientsDropped uint64 `json:"slow_clients_dropped"`
+	// Replayed counts events replayed to clients that resumed.
+	Replayed uint64 `json:"replayed"`
+	// ReplayBytes is the memory the replay windows hold, in bytes.
+	ReplayBytes int64 `json:"replay_bytes"`
+	// Rejected counts stream requests refused because a max_clients limit
+	// was reached.
+	Rejected uint64 `json:"rejected"`
+	// Disconnects counts streams the server ended, by reason.
+	Disconnects DisconnectStats `json:"disconnects"`
 }
 
 // ChannelStats holds one channel's figures.
 type ChannelStats struct {
+	// Clients is the number of connected clients.
 	Clients int `json:"clients"`
+	// Replayable is the number of events in the replay window.
+	Replayable int `json:"replayable"`
+}
+
+// DisconnectStats counts streams the server ended, by reason.
+type DisconnectStats struct {
+	// Slow counts clients whose queue overflowed.
+	Slow uint64 `json:"slow"`
+	// WriteTimeout counts clients that did not take a write in time.
+	WriteTimeout uint64 `json:"write_timeout"`
+	// Shutdown counts streams ended by a config reload or Caddy stopping.
+	Shutdown uint64 `json:"shutdown"`
 }
 
 func (b *broadcaster) stats() Stats {
 	st := Stats{
-		Channels:           make(map[string]ChannelStats),
-		EventsPublished:    b.published.Load(),
-		Deliveries:         b.deliveries.Load(),
-		SlowClientsDropped: b.slowDrops.Load(),
+		Channels:        make(map[string]ChannelStats),
+		EventsPublished: b.published.Load(),
+		Deliveries:      b.deliveries.Load(),
+		Replayed:        b.replayed.Load(),
+		ReplayBytes:     b.windowBytes.Load(),
+		Rejected:        b.rejected.Load(),
+		Disconnects: DisconnectStats{
+			Slow:         b.disconnects[dropSlow].Load(),
+			WriteTimeout: b.disconnects[dropWriteTimeout].Load(),
+			Shutdown:     b.disconnects[dropShutdown].Load(),
+		},
 	}
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	for name, ch := range b.channels {
 		ch.mu.Lock()
-		n := len(ch.subscribers)
+		cs := ChannelStats{Clients: len(ch.subscribers), Replayable: ch.window.len()}
 		ch.mu.Unlock()
-		st.Channels[name] = ChannelStats{Clients: n}
-		st.Clients += n
+		st.Channels[name] = cs
+		st.Clients += cs.Clients
 	}
 	return st
 }

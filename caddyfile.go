@@ -2,6 +2,7 @@ package ssebroadcast
 
 import (
 	"math"
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -31,9 +32,13 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	sse_broadcast [<matcher>] [<channel>] {
-//	    channel   <name>            # default "default"; placeholders allowed
-//	    keepalive <interval> | off  # default 15s
-//	    retry     <interval>        # sent once when the stream opens; default not sent
+//	    channel         <name>            # default "default"; placeholders allowed
+//	    keepalive       <interval> | off  # default 15s
+//	    retry           <interval>        # sent once when the stream opens; default not sent
+//	    write_timeout   <duration> | off  # default 10s
+//	    max_queue       <events>          # default 1024
+//	    max_queue_bytes <size>            # default 4MiB
+//	    max_clients     <count>           # default no limit
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -74,6 +79,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Retry = delay
+		case "write_timeout":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if d.Val() == "off" {
+				h.WriteTimeout = -1
+			} else {
+				timeout, err := parsePositiveDuration(d, "write_timeout")
+				if err != nil {
+					return err
+				}
+				h.WriteTimeout = timeout
+			}
+		case "max_queue":
+			n, err := parseCount(d, 1)
+			if err != nil {
+				return err
+			}
+			h.MaxQueue = n
+		case "max_queue_bytes":
+			size, err := parseSize(d)
+			if err != nil {
+				return err
+			}
+			h.MaxQueueBytes = int(min(size, math.MaxInt))
+		case "max_clients":
+			n, err := parseCount(d, 1)
+			if err != nil {
+				return err
+			}
+			h.MaxClients = n
 		default:
 			return d.Errf("unrecognized sse_broadcast subdirective %q", d.Val())
 		}
@@ -97,11 +133,46 @@ func parsePositiveDuration(d *caddyfile.Dispenser, name string) (caddy.Duration,
 	return caddy.Duration(dur), nil
 }
 
+// parseCount parses the next argument as a whole number of at least least.
+func parseCount(d *caddyfile.Dispenser, least int) (int, error) {
+	name := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.Atoi(d.Val())
+	if err != nil || n < least {
+		return 0, d.Errf("%s must be a whole number of at least %d, got %q", name, least, d.Val())
+	}
+	return n, nil
+}
+
+// parseSize parses the next argument as a size of at least one byte, with
+// or without a unit: 512KiB, 1MiB, 10MB.
+func parseSize(d *caddyfile.Dispenser) (int64, error) {
+	name := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	size, err := humanize.ParseBytes(d.Val())
+	if err != nil {
+		return 0, d.Errf("parsing %s %q: %v", name, d.Val(), err)
+	}
+	if size == 0 || size > math.MaxInt64 {
+		return 0, d.Errf("%s must be between 1 byte and %d bytes, got %q", name, int64(math.MaxInt64), d.Val())
+	}
+	return int64(size), nil
+}
+
 // parseAppCaddyfile sets up the sse app from the global option. Syntax:
 //
 //	{
 //	    sse {
-//	        max_body <size>  # admin API request body limit; default 1MiB
+//	        max_body           <size>      # admin API request body limit; default 1MiB
+//	        replay             <events>    # per channel; 0 turns replay off; default 1000
+//	        replay_max_bytes   <size>      # per channel; default 4MiB
+//	        replay_ttl         <duration>  # default 1h
+//	        replay_total_bytes <size>      # all channels together; default 256MiB
+//	        max_clients        <count>     # streams over the whole server; default no limit
 //	    }
 //	}
 func parseAppCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
@@ -116,17 +187,44 @@ func parseAppCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 	for d.NextBlock(0) {
 		switch d.Val() {
 		case "max_body":
+			size, err := parseSize(d)
+			if err != nil {
+				return nil, err
+			}
+			app.MaxBody = size
+		case "replay":
+			n, err := parseCount(d, 0)
+			if err != nil {
+				return nil, err
+			}
+			app.Replay = &n
+		case "replay_max_bytes":
+			size, err := parseSize(d)
+			if err != nil {
+				return nil, err
+			}
+			app.ReplayMaxBytes = size
+		case "replay_ttl":
 			if !d.NextArg() {
 				return nil, d.ArgErr()
 			}
-			size, err := humanize.ParseBytes(d.Val())
+			ttl, err := parsePositiveDuration(d, "replay_ttl")
 			if err != nil {
-				return nil, d.Errf("parsing max_body %q: %v", d.Val(), err)
+				return nil, err
 			}
-			if size == 0 || size > math.MaxInt64 {
-				return nil, d.Errf("max_body must be between 1 byte and %d bytes, got %q", int64(math.MaxInt64), d.Val())
+			app.ReplayTTL = ttl
+		case "replay_total_bytes":
+			size, err := parseSize(d)
+			if err != nil {
+				return nil, err
 			}
-			app.MaxBody = int64(size)
+			app.ReplayTotalBytes = size
+		case "max_clients":
+			n, err := parseCount(d, 1)
+			if err != nil {
+				return nil, err
+			}
+			app.MaxClients = n
 		default:
 			return nil, d.Errf("unrecognized sse option %q", d.Val())
 		}

@@ -1,9 +1,13 @@
 package ssebroadcast
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,8 +19,11 @@ func init() {
 	caddy.RegisterModule(Handler{})
 }
 
-// DefaultKeepAlive is the default interval between keep-alive comments.
-const DefaultKeepAlive = 15 * time.Second
+// Defaults of the stream handler.
+const (
+	DefaultKeepAlive    = 15 * time.Second
+	DefaultWriteTimeout = 10 * time.Second
+)
 
 // Handler streams the events of one channel to each client as
 // text/event-stream. It answers GET only; the stream stays open until the
@@ -38,8 +45,26 @@ type Handler struct {
 	// milliseconds. Default: not sent (browsers use their own, about 3s).
 	Retry caddy.Duration `json:"retry,omitempty"`
 
-	app    *App
-	logger *zap.Logger
+	// WriteTimeout is how long one write to the client, with its flush,
+	// may take; a client that does not take it in time is disconnected. A
+	// negative value turns the timeout off. Default: 10s.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// MaxQueue is how many events may wait for one client; a client that
+	// falls further behind is disconnected. Default: 1024.
+	MaxQueue int `json:"max_queue,omitempty"`
+
+	// MaxQueueBytes is how many bytes of events may wait for one client.
+	// Default: 4 MiB.
+	MaxQueueBytes int `json:"max_queue_bytes,omitempty"`
+
+	// MaxClients bounds the streams this handler holds open at once;
+	// further requests get 503 with Retry-After. Default: 0, no limit.
+	MaxClients int `json:"max_clients,omitempty"`
+
+	app     *App
+	clients *atomic.Int64
+	logger  *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -53,11 +78,21 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision applies defaults and finds the sse app.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.clients = new(atomic.Int64)
 	if h.Channel == "" {
 		h.Channel = DefaultChannel
 	}
 	if h.KeepAlive == 0 {
 		h.KeepAlive = caddy.Duration(DefaultKeepAlive)
+	}
+	if h.WriteTimeout == 0 {
+		h.WriteTimeout = caddy.Duration(DefaultWriteTimeout)
+	}
+	if h.MaxQueue == 0 {
+		h.MaxQueue = DefaultMaxQueue
+	}
+	if h.MaxQueueBytes == 0 {
+		h.MaxQueueBytes = DefaultMaxQueueBytes
 	}
 	app, err := ctx.App("sse")
 	if err != nil {
@@ -69,8 +104,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate rejects options that cannot work.
 func (h *Handler) Validate() error {
-	if h.Retry < 0 {
+	switch {
+	case h.Retry < 0:
 		return fmt.Errorf("retry must not be negative, got %s", time.Duration(h.Retry))
+	case h.MaxQueue < 0:
+		return fmt.Errorf("max_queue must not be negative, got %d", h.MaxQueue)
+	case h.MaxQueueBytes < 0:
+		return fmt.Errorf("max_queue_bytes must not be negative, got %d", h.MaxQueueBytes)
+	case h.MaxClients < 0:
+		return fmt.Errorf("max_clients must not be negative, got %d", h.MaxClients)
 	}
 	return nil
 }
@@ -90,10 +132,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("channel %q resolved to %q: %w", h.Channel, channel, err))
 	}
 
+	if n := h.clients.Add(1); h.MaxClients > 0 && n > int64(h.MaxClients) {
+		h.clients.Add(-1)
+		h.app.broadcaster.rejected.Add(1)
+		return h.refuse(w, errTooManyClients)
+	}
+	defer h.clients.Add(-1)
+
+	opts := streamOptions{maxQueue: h.MaxQueue, maxQueueBytes: h.MaxQueueBytes}
+	opts.lastEventID, opts.resume = lastEventID(r)
 	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
-	sub, err := h.app.attach(channel, srv)
+	sub, err := h.app.attach(channel, srv, opts)
 	if err != nil {
-		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+		return h.refuse(w, err)
 	}
 	defer h.app.detach(sub)
 
@@ -101,6 +152,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		h.logger.Debug("stream ended", zap.String("channel", channel), zap.Error(err))
 	}
 	return nil
+}
+
+// lastEventID returns the id the client last saw, if it says: browsers send
+// the Last-Event-ID header when they reconnect, and since EventSource cannot
+// set headers on its first connect, a last_event_id query parameter works
+// too. The header wins, being the newer of the two on a reconnect.
+func lastEventID(r *http.Request) (string, bool) {
+	if ids, ok := r.Header["Last-Event-Id"]; ok && len(ids) > 0 {
+		return ids[0], true
+	}
+	if ids, ok := r.URL.Query()["last_event_id"]; ok && len(ids) > 0 {
+		return ids[0], true
+	}
+	return "", false
+}
+
+// refuse answers a stream request that cannot be served now with 503, a
+// Retry-After and a short message.
+func (h *Handler) refuse(w http.ResponseWriter, reason error) error {
+	retryAfter := 5
+	if h.Retry > 0 {
+		retryAfter = int(math.Ceil(time.Duration(h.Retry).Seconds()))
+	}
+	hdr := w.Header()
+	hdr.Set("Retry-After", strconv.Itoa(retryAfter))
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, err := fmt.Fprintf(w, "%s: try again later\n", reason)
+	return err
 }
 
 // stream writes the open, then the subscriber's events, until the client
@@ -112,7 +192,8 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	// (read_body, write) bound the whole response, as the user asked, and
 	// Caddy lets no handler loosen them: the README says to leave them
 	// unset on servers that carry streams.
-	rc := http.NewResponseController(w)
+	out := &streamWriter{w: w, rc: http.NewResponseController(w), timeout: time.Duration(h.WriteTimeout)}
+
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
 	hdr.Set("Cache-Control", "no-cache")
@@ -122,12 +203,12 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 
 	// The first bytes go out at once, so that the client sees the stream
 	// open: handlers that wrap the response, such as encode, hold the
-	// headers back until the first write.
-	if _, err := w.Write(h.openingLine()); err != nil {
-		return fmt.Errorf("writing stream open: %w", err)
-	}
-	if err := rc.Flush(); err != nil {
-		return fmt.Errorf("flushing stream open: %w", err)
+	// headers back until the first write. What the client missed while
+	// away follows in the same flush.
+	frames := append([][]byte{h.openingLine()}, sub.replay...)
+	sub.replay = nil
+	if err := out.write(frames); err != nil {
+		return h.writeFailed(sub, r, err)
 	}
 
 	var keepAlive <-chan time.Time
@@ -144,25 +225,25 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 		case <-r.Context().Done():
 			return nil
 		case <-sub.gone:
-			if sub.dropReason() == dropShutdown {
+			switch reason := sub.dropReason(); reason {
+			case dropShutdown:
 				// Write what was already queued before the stream ends.
-				_, err := writeFrames(w, rc, sub.take(nil))
-				return err
+				if err := out.write(sub.take(nil)); err != nil {
+					return h.writeFailed(sub, r, err)
+				}
+			default:
+				h.logger.Info("disconnected client", zap.Stringer("reason", reason),
+					zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
 			}
-			h.logger.Info("dropped slow client", zap.String("channel", sub.channel),
-				zap.String("remote_addr", r.RemoteAddr))
 			return nil
 		case <-sub.wake:
-			var err error
-			if spare, err = writeFrames(w, rc, sub.take(spare)); err != nil {
-				return err
+			spare = sub.take(spare)
+			if err := out.write(spare); err != nil {
+				return h.writeFailed(sub, r, err)
 			}
 		case <-keepAlive:
-			if _, err := w.Write(keepAliveComment); err != nil {
-				return fmt.Errorf("writing keep-alive: %w", err)
-			}
-			if err := rc.Flush(); err != nil {
-				return fmt.Errorf("flushing keep-alive: %w", err)
+			if err := out.write(keepAliveFrames); err != nil {
+				return h.writeFailed(sub, r, err)
 			}
 		}
 		if keepAliveTimer != nil {
@@ -171,8 +252,19 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	}
 }
 
-// keepAliveComment is a comment line: clients ignore it, proxies see traffic.
-var keepAliveComment = []byte(": keep-alive\n\n")
+// writeFailed tells a client that did not take a write in time, which is
+// disconnected and counted, from one that went away.
+func (h *Handler) writeFailed(sub *subscriber, r *http.Request, err error) error {
+	if errors.Is(err, errWriteTimeout) {
+		h.app.broadcaster.drop(sub, dropWriteTimeout)
+		h.logger.Info("disconnected client", zap.Stringer("reason", dropWriteTimeout),
+			zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
+	}
+	return err
+}
+
+// keepAliveFrames is a comment line: clients ignore it, proxies see traffic.
+var keepAliveFrames = [][]byte{[]byte(": keep-alive\n\n")}
 
 // openingLine is the stream's first write: the retry field when one is
 // configured, else a comment.
@@ -184,22 +276,46 @@ func (h *Handler) openingLine() []byte {
 	return []byte(": open\n\n")
 }
 
-// writeFrames writes every queued frame and flushes once, coalescing all
-// that was queued into as few writes as the response buffer allows. It
-// returns frames for reuse as the next spare queue.
-func writeFrames(w http.ResponseWriter, rc *http.ResponseController, frames [][]byte) ([][]byte, error) {
+// errWriteTimeout marks a write that the client did not take in time.
+var errWriteTimeout = errors.New("write timed out")
+
+// streamWriter writes frames to a client with one flush per batch, each
+// batch bounded by the write timeout.
+type streamWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+// write writes every frame and flushes once, so that all that was queued
+// goes out in as few writes as the response buffer allows.
+func (sw *streamWriter) write(frames [][]byte) error {
 	if len(frames) == 0 {
-		return frames, nil
+		return nil
 	}
-	for _, frame := range frames {
-		if _, err := w.Write(frame); err != nil {
-			return frames, fmt.Errorf("writing events: %w", err)
+	var deadline time.Time
+	if sw.timeout > 0 {
+		deadline = time.Now().Add(sw.timeout)
+		if err := sw.rc.SetWriteDeadline(deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return fmt.Errorf("setting write deadline: %w", err)
 		}
 	}
-	if err := rc.Flush(); err != nil {
-		return frames, fmt.Errorf("flushing events: %w", err)
+	for _, frame := range frames {
+		if _, err := sw.w.Write(frame); err != nil {
+			return sw.failed("writing events", err, deadline)
+		}
 	}
-	return frames, nil
+	if err := sw.rc.Flush(); err != nil {
+		return sw.failed("flushing events", err, deadline)
+	}
+	return nil
+}
+
+func (sw *streamWriter) failed(doing string, err error, deadline time.Time) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) || (!deadline.IsZero() && !time.Now().Before(deadline)) {
+		return fmt.Errorf("%s: %w: %w", doing, errWriteTimeout, err)
+	}
+	return fmt.Errorf("%s: %w", doing, err)
 }
 
 // Interface guards

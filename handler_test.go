@@ -50,11 +50,11 @@ func TestStreamReceivesAdminBroadcastsByteExact(t *testing.T) {
 	assert.Equal(t, `{"i":1}`, ev.Data)
 	assert.Equal(t, "1", ev.LastEventID)
 
-	ts.mustBroadcast(`{"channel":"news","event":"multi","data":"one\ntwo\r\nthree\rfour"}`)
+	multi := ts.mustBroadcast(`{"channel":"news","event":"multi","data":"one\ntwo\r\nthree\rfour"}`)
 	ev = s.next()
 	assert.Equal(t, "multi", ev.Type)
 	assert.Equal(t, "one\ntwo\nthree\nfour", ev.Data)
-	assert.Equal(t, "1", ev.LastEventID, "an event without id keeps the last one")
+	assert.Equal(t, multi.ID, ev.LastEventID, "an event without id gets one assigned")
 
 	ts.mustBroadcast(`{"channel":"news","id":"ü-2","data":"héllo 世界 🎉"}`)
 	ev = s.next()
@@ -62,21 +62,21 @@ func TestStreamReceivesAdminBroadcastsByteExact(t *testing.T) {
 	assert.Equal(t, "héllo 世界 🎉", ev.Data)
 	assert.Equal(t, "ü-2", ev.LastEventID)
 
-	ts.mustBroadcast(`{"channel":"news","event":"empty","data":""}`)
+	empty := ts.mustBroadcast(`{"channel":"news","event":"empty","data":""}`)
 	ev = s.next()
 	assert.Equal(t, "empty", ev.Type)
 	assert.Equal(t, "", ev.Data)
 
-	ts.mustBroadcast(`{"channel":"news","data":{"nested": [1, 2, {"a": "b"}]}}`)
+	nested := ts.mustBroadcast(`{"channel":"news","data":{"nested": [1, 2, {"a": "b"}]}}`)
 	ev = s.next()
 	assert.Equal(t, `{"nested":[1,2,{"a":"b"}]}`, ev.Data, "non-string data is sent as compact JSON")
 
 	assert.Equal(t, "retry: 2000\n\n"+
 		"id: 1\nevent: tick\nretry: 3000\ndata: {\"i\":1}\n\n"+
-		"event: multi\ndata: one\ndata: two\ndata: three\ndata: four\n\n"+
+		"id: "+multi.ID+"\nevent: multi\ndata: one\ndata: two\ndata: three\ndata: four\n\n"+
 		"id: ü-2\ndata: héllo 世界 🎉\n\n"+
-		"event: empty\ndata: \n\n"+
-		"data: {\"nested\":[1,2,{\"a\":\"b\"}]}\n\n",
+		"id: "+empty.ID+"\nevent: empty\ndata: \n\n"+
+		"id: "+nested.ID+"\ndata: {\"nested\":[1,2,{\"a\":\"b\"}]}\n\n",
 		s.raw.String())
 }
 
@@ -109,15 +109,18 @@ func TestPlaceholderChannelsRoutePerRequest(t *testing.T) {
 	assert.Equal(t, "b", blue2.next().Data)
 
 	st := ts.stats()
-	assert.Equal(t, map[string]ChannelStats{"topic-red": {Clients: 1}, "topic-blue": {Clients: 2}}, st.Channels)
+	assert.Equal(t, map[string]ChannelStats{"topic-red": {Clients: 1, Replayable: 1}, "topic-blue": {Clients: 2, Replayable: 1}}, st.Channels)
 }
 
 func TestDefaultChannelIsUsedWhenNoneIsNamed(t *testing.T) {
 	ts := startCaddy(t, newsCaddyfile)
 	s := openStream(t, nil, ts.url("/default"))
 	res := ts.mustBroadcast(`{"data":"to everyone on default"}`)
-	assert.Equal(t, Result{Channel: "default", Clients: 1}, res)
-	assert.Equal(t, "to everyone on default", s.next().Data)
+	assert.Equal(t, "default", res.Channel)
+	assert.Equal(t, 1, res.Clients)
+	ev := s.next()
+	assert.Equal(t, "to everyone on default", ev.Data)
+	assert.Equal(t, res.ID, ev.LastEventID)
 }
 
 func TestStreamOpensWithACommentWhenNoRetryIsSet(t *testing.T) {

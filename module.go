@@ -25,9 +25,12 @@ package ssebroadcast
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -53,6 +56,29 @@ type App struct {
 	// MaxBody is the largest request body, in bytes, that the admin API's
 	// POST /sse/broadcast accepts; larger ones get 413. Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
+
+	// Replay is how many of a channel's most recent events it keeps for
+	// clients that reconnect with Last-Event-ID. 0 turns replay off.
+	// Default: 1000.
+	Replay *int `json:"replay,omitempty"`
+
+	// ReplayMaxBytes bounds one channel's replay window, in bytes.
+	// Default: 4 MiB.
+	ReplayMaxBytes int64 `json:"replay_max_bytes,omitempty"`
+
+	// ReplayTTL is how long an event stays in its channel's replay window.
+	// Default: 1h.
+	ReplayTTL caddy.Duration `json:"replay_ttl,omitempty"`
+
+	// ReplayTotalBytes bounds all replay windows together, in bytes. Over
+	// it, the channel being published to gives up its oldest events.
+	// Default: 256 MiB.
+	ReplayTotalBytes int64 `json:"replay_total_bytes,omitempty"`
+
+	// MaxClients bounds the streams open at once over the whole server;
+	// further stream requests get 503 with Retry-After. Default: 0, no
+	// limit.
+	MaxClients int `json:"max_clients,omitempty"`
 
 	broadcaster *broadcaster
 	streams     *configStreams
@@ -84,12 +110,25 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.MaxBody == 0 {
 		a.MaxBody = DefaultMaxBody
 	}
+	if a.Replay == nil {
+		events := DefaultReplayEvents
+		a.Replay = &events
+	}
+	if a.ReplayMaxBytes == 0 {
+		a.ReplayMaxBytes = DefaultReplayMaxBytes
+	}
+	if a.ReplayTTL == 0 {
+		a.ReplayTTL = caddy.Duration(DefaultReplayTTL)
+	}
+	if a.ReplayTotalBytes == 0 {
+		a.ReplayTotalBytes = DefaultReplayTotalBytes
+	}
 	a.streams = &configStreams{
 		open:   make(map[*subscriber]struct{}),
 		hooked: make(map[*http.Server]struct{}),
 	}
 	val, _, err := broadcasterPool.LoadOrNew(broadcasterKey, func() (caddy.Destructor, error) {
-		return newBroadcaster(), nil
+		return newBroadcaster(a.replayLimits()), nil
 	})
 	if err != nil {
 		return fmt.Errorf("loading broadcaster: %w", err)
@@ -100,14 +139,38 @@ func (a *App) Provision(ctx caddy.Context) error {
 
 // Validate rejects options that cannot work.
 func (a *App) Validate() error {
-	if a.MaxBody < 0 {
+	switch {
+	case a.MaxBody < 0:
 		return fmt.Errorf("max_body must not be negative, got %d", a.MaxBody)
+	case *a.Replay < 0:
+		return fmt.Errorf("replay must not be negative, got %d", *a.Replay)
+	case a.ReplayMaxBytes < 0:
+		return fmt.Errorf("replay_max_bytes must not be negative, got %d", a.ReplayMaxBytes)
+	case a.ReplayTTL < 0:
+		return fmt.Errorf("replay_ttl must not be negative, got %s", time.Duration(a.ReplayTTL))
+	case a.ReplayTotalBytes < 0:
+		return fmt.Errorf("replay_total_bytes must not be negative, got %d", a.ReplayTotalBytes)
+	case a.MaxClients < 0:
+		return fmt.Errorf("max_clients must not be negative, got %d", a.MaxClients)
 	}
 	return nil
 }
 
-// Start implements caddy.App. Streams start with their requests.
-func (a *App) Start() error { return nil }
+func (a *App) replayLimits() replayLimits {
+	return replayLimits{
+		events:     *a.Replay,
+		bytes:      int(min(a.ReplayMaxBytes, math.MaxInt)),
+		ttl:        time.Duration(a.ReplayTTL),
+		totalBytes: a.ReplayTotalBytes,
+	}
+}
+
+// Start applies this config's replay limits to the broadcaster, which a
+// reload keeps: windows shrink or grow in place.
+func (a *App) Start() error {
+	a.broadcaster.setLimits(a.replayLimits())
+	return nil
+}
 
 // Stop ends every stream this config serves, so that neither a reload nor
 // `caddy stop` waits on them. Clients reconnect to the new config.
@@ -152,19 +215,38 @@ func (a *App) Stats() Stats {
 	return a.broadcaster.stats()
 }
 
-// errStopping is returned to a stream that arrives while its config stops.
-var errStopping = fmt.Errorf("the sse app is stopping")
+// Errors that refuse a stream.
+var (
+	errStopping       = errors.New("the server is stopping")
+	errTooManyClients = errors.New("too many clients")
+)
+
+// streamOptions are a handler's settings for one stream.
+type streamOptions struct {
+	maxQueue      int
+	maxQueueBytes int
+	// resume is set when the client gave a Last-Event-ID.
+	resume      bool
+	lastEventID string
+}
 
 // attach subscribes a new stream to channel. When srv is given, the stream
 // also ends as soon as that server begins to shut down: the http app waits
 // for open requests before it stops the other apps when Caddy exits, so
 // ending streams in Stop alone could come too late.
-func (a *App) attach(channel string, srv *http.Server) (*subscriber, error) {
-	s := newSubscriber(channel)
+func (a *App) attach(channel string, srv *http.Server, opts streamOptions) (*subscriber, error) {
+	b := a.broadcaster
+	if n := b.clients.Add(1); a.MaxClients > 0 && n > int64(a.MaxClients) {
+		b.clients.Add(-1)
+		b.rejected.Add(1)
+		return nil, errTooManyClients
+	}
+	s := newSubscriber(channel, opts.maxQueue, opts.maxQueueBytes)
 	cs := a.streams
 	cs.mu.Lock()
 	if cs.stopping {
 		cs.mu.Unlock()
+		b.clients.Add(-1)
 		return nil, errStopping
 	}
 	cs.open[s] = struct{}{}
@@ -173,13 +255,14 @@ func (a *App) attach(channel string, srv *http.Server) (*subscriber, error) {
 		srv.RegisterOnShutdown(a.endStreams)
 	}
 	cs.mu.Unlock()
-	a.broadcaster.subscribe(s)
+	b.subscribe(s, opts.lastEventID, opts.resume)
 	return s, nil
 }
 
 // detach removes a stream that has ended.
 func (a *App) detach(s *subscriber) {
 	a.broadcaster.unsubscribe(s)
+	a.broadcaster.clients.Add(-1)
 	a.streams.mu.Lock()
 	delete(a.streams.open, s)
 	a.streams.mu.Unlock()
@@ -201,7 +284,7 @@ func (a *App) endStreams() {
 	}
 	cs.mu.Unlock()
 	for _, s := range streams {
-		s.drop(dropShutdown)
+		a.broadcaster.drop(s, dropShutdown)
 	}
 	if len(streams) > 0 {
 		a.logger.Info("ended open streams", zap.Int("streams", len(streams)))

@@ -5,25 +5,46 @@ import (
 )
 
 // Default bounds of a subscriber's queue. A client that falls this far behind
-// is disconnected rather than allowed to hold memory or slow a publisher.
+// is disconnected rather than allowed to hold memory or slow a publisher;
+// it reconnects and resumes from the replay window.
 const (
-	defaultQueueEvents = 1024
-	defaultQueueBytes  = 4 << 20
+	DefaultMaxQueue      = 1024
+	DefaultMaxQueueBytes = 4 << 20
 )
 
 // dropReason says why the broadcaster ended a subscription.
-type dropReason string
+type dropReason int
 
 const (
-	dropSlow     dropReason = "slow"     // its queue overflowed
-	dropShutdown dropReason = "shutdown" // the server or the app is stopping
+	notDropped       dropReason = iota
+	dropSlow                    // its queue overflowed
+	dropWriteTimeout            // a write to it did not finish in time
+	dropShutdown                // the server or the config is stopping
+	numDropReasons
 )
+
+func (r dropReason) String() string {
+	switch r {
+	case dropSlow:
+		return "slow"
+	case dropWriteTimeout:
+		return "write_timeout"
+	case dropShutdown:
+		return "shutdown"
+	}
+	return "none"
+}
 
 // subscriber is one connected stream's place in a channel. Publishers append
 // encoded events to its queue without blocking; the stream's own goroutine
 // takes the whole queue at once and writes it with a single flush.
 type subscriber struct {
 	channel string
+	ch      *channel // set by subscribe
+
+	// replay holds the events the stream missed before it connected; the
+	// stream writes them before anything queued.
+	replay [][]byte
 
 	maxEvents int
 	maxBytes  int
@@ -41,11 +62,11 @@ type subscriber struct {
 	dropped     dropReason
 }
 
-func newSubscriber(channel string) *subscriber {
+func newSubscriber(channel string, maxEvents, maxBytes int) *subscriber {
 	return &subscriber{
 		channel:   channel,
-		maxEvents: defaultQueueEvents,
-		maxBytes:  defaultQueueBytes,
+		maxEvents: maxEvents,
+		maxBytes:  maxBytes,
 		wake:      make(chan struct{}, 1),
 		gone:      make(chan struct{}),
 	}
@@ -64,7 +85,7 @@ const (
 // never modified.
 func (s *subscriber) enqueue(frame []byte) enqueueOutcome {
 	s.mu.Lock()
-	if s.dropped != "" {
+	if s.dropped != notDropped {
 		s.mu.Unlock()
 		return alreadyGone
 	}
@@ -96,27 +117,29 @@ func (s *subscriber) take(spare [][]byte) [][]byte {
 	return frames
 }
 
-// drop ends the subscription; the first reason given is the one kept.
-func (s *subscriber) drop(reason dropReason) {
+// drop ends the subscription, and reports whether this call did: the first
+// reason given is the one kept.
+func (s *subscriber) drop(reason dropReason) bool {
 	s.mu.Lock()
-	s.dropLocked(reason)
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	return s.dropLocked(reason)
 }
 
-func (s *subscriber) dropLocked(reason dropReason) {
-	if s.dropped != "" {
-		return
+func (s *subscriber) dropLocked(reason dropReason) bool {
+	if s.dropped != notDropped {
+		return false
 	}
 	s.dropped = reason
-	if reason == dropSlow {
-		// What a slow client has queued is never written: release it now.
+	if reason != dropShutdown {
+		// What a dropped client has queued is never written: release it.
 		s.queue = nil
 		s.queuedBytes = 0
 	}
 	close(s.gone)
+	return true
 }
 
-// dropReason returns why the subscriber was dropped, or "" if it was not.
+// dropReason returns why the subscriber was dropped, or notDropped.
 func (s *subscriber) dropReason() dropReason {
 	s.mu.Lock()
 	defer s.mu.Unlock()

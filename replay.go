@@ -1,0 +1,156 @@
+package ssebroadcast
+
+import (
+	"strconv"
+	"time"
+)
+
+// Defaults of the replay window, the events a channel keeps for clients
+// that reconnect with Last-Event-ID.
+const (
+	DefaultReplayEvents     = 1000
+	DefaultReplayMaxBytes   = 4 << 20
+	DefaultReplayTTL        = time.Hour
+	DefaultReplayTotalBytes = 256 << 20
+)
+
+// entryOverhead approximates what a window entry costs beyond its frame, so
+// that windows of many tiny events are bounded too.
+const entryOverhead = 64
+
+// replayLimits bound every channel's window; a zero events turns replay off.
+type replayLimits struct {
+	events     int
+	bytes      int
+	ttl        time.Duration
+	totalBytes int64 // over all channels
+}
+
+// windowEntry is one published event kept for replay.
+type windowEntry struct {
+	seq       uint64
+	id        string
+	frame     []byte
+	published time.Time
+}
+
+func (e *windowEntry) cost() int { return len(e.frame) + len(e.id) + entryOverhead }
+
+// replayWindow is a channel's most recent events, oldest first. It is
+// guarded by its channel's lock.
+type replayWindow struct {
+	entries []windowEntry // entries[start:] are live
+	start   int
+	bytes   int
+}
+
+func (w *replayWindow) len() int { return len(w.entries) - w.start }
+
+// append adds an entry; the caller trims afterwards.
+func (w *replayWindow) append(e windowEntry) {
+	w.entries = append(w.entries, e)
+	w.bytes += e.cost()
+}
+
+// dropOldest removes the oldest entry and returns its cost.
+func (w *replayWindow) dropOldest() int {
+	e := &w.entries[w.start]
+	cost := e.cost()
+	*e = windowEntry{} // release the frame
+	w.start++
+	w.bytes -= cost
+	if w.start == len(w.entries) {
+		w.entries, w.start = w.entries[:0], 0
+	} else if w.start > 64 && w.start > len(w.entries)/2 {
+		// Move the live entries down so the slice does not grow forever.
+		n := copy(w.entries, w.entries[w.start:])
+		clear(w.entries[n:])
+		w.entries, w.start = w.entries[:n], 0
+	}
+	return cost
+}
+
+// trim drops entries over the count and byte limits and those older than
+// the TTL, and returns how many bytes it released.
+func (w *replayWindow) trim(limits replayLimits, now time.Time) int {
+	released := 0
+	for w.len() > 0 {
+		oldest := &w.entries[w.start]
+		if w.len() > limits.events || w.bytes > limits.bytes ||
+			(limits.ttl > 0 && now.Sub(oldest.published) > limits.ttl) {
+			released += w.dropOldest()
+			continue
+		}
+		break
+	}
+	return released
+}
+
+// after returns the frames a client that last saw lastEventID has missed,
+// oldest first, and whether the window could place that id:
+//
+//   - an id in the window: every event after it;
+//   - an id the broadcaster assigned (see formatSeq) that is no longer in
+//     the window, older than it or from before a restart: every event
+//     published after it, which, ids being time-ordered, is every event in
+//     the window newer than the id;
+//   - any other id: nothing, since there is no telling what the client saw.
+func (w *replayWindow) after(lastEventID string, now time.Time, ttl time.Duration) ([][]byte, bool) {
+	live := w.entries[w.start:]
+	from := -1
+	for i := len(live) - 1; i >= 0; i-- {
+		if live[i].id == lastEventID {
+			from = i + 1
+			break
+		}
+	}
+	if from < 0 {
+		seq, ok := parseSeq(lastEventID)
+		if !ok {
+			return nil, false
+		}
+		from = len(live)
+		for from > 0 && live[from-1].seq > seq {
+			from--
+		}
+	}
+	var frames [][]byte
+	for _, e := range live[from:] {
+		if ttl > 0 && now.Sub(e.published) > ttl {
+			continue
+		}
+		frames = append(frames, e.frame)
+	}
+	return frames, true
+}
+
+// Assigned ids are the channel's sequence numbers: at least the publish
+// time in microseconds since the Unix epoch, and always one more than the
+// channel's last. Written as 16 decimal digits (enough until the year
+// 2286), they sort as text in the order they were assigned, and a
+// restarted Caddy, whose clock has moved on, continues above them.
+const seqDigits = 16
+
+// nextSeq returns the sequence number that follows last at time now.
+func nextSeq(last uint64, now time.Time) uint64 {
+	return max(last+1, uint64(now.UnixMicro()))
+}
+
+// appendSeq writes seq as an assigned id.
+func appendSeq(buf []byte, seq uint64) []byte {
+	var digits [20]byte
+	s := strconv.AppendUint(digits[:0], seq, 10)
+	for i := len(s); i < seqDigits; i++ {
+		buf = append(buf, '0')
+	}
+	return append(buf, s...)
+}
+
+// parseSeq reads an id written by appendSeq.
+func parseSeq(id string) (uint64, bool) {
+	if len(id) != seqDigits {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(id, 10, 64)
+	return seq, err == nil
+}
