@@ -121,13 +121,15 @@ func decodeBroadcast(body []byte) (events []Event, batch bool, err error) {
 	}
 	batch = trimmed[0] == '['
 
-	var reqs []broadcastRequest
+	// Pointers, so that a null where an event belongs is told apart from
+	// an event with every field left out.
+	var reqs []*broadcastRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if batch {
 		err = dec.Decode(&reqs)
 	} else {
-		reqs = make([]broadcastRequest, 1)
+		reqs = make([]*broadcastRequest, 1)
 		err = dec.Decode(&reqs[0])
 	}
 	if err != nil {
@@ -142,6 +144,13 @@ func decodeBroadcast(body []byte) (events []Event, batch bool, err error) {
 
 	events = make([]Event, len(reqs))
 	for i, req := range reqs {
+		if req == nil {
+			err := errors.New("an event must be a JSON object, got null")
+			if batch {
+				err = fmt.Errorf("event %d: %w", i, err)
+			}
+			return nil, batch, err
+		}
 		ev, err := req.toEvent()
 		if err != nil {
 			if batch {

@@ -51,6 +51,8 @@ func TestBadBroadcastsAreRejectedAndReachNoClient(t *testing.T) {
 		{"wrong type for channel", "POST", "application/json", `{"channel":["news"],"data":"x"}`, 400, `field "channel"`},
 		{"not an object", "POST", "application/json", `"just a string"`, 400, "expected an event object"},
 		{"empty body", "POST", "application/json", ``, 400, "request body is empty"},
+		{"null", "POST", "application/json", `null`, 400, "must be a JSON object, got null"},
+		{"null in a batch", "POST", "application/json", `[{"channel":"news","data":"ok"},null]`, 400, "event 1: an event must be a JSON object"},
 		{"empty batch", "POST", "application/json", `[]`, 400, "the batch is empty"},
 		{"batch with one bad event", "POST", "application/json", `[{"channel":"news","data":"ok"},{"channel":"news","event":"a\nb"}]`, 400, `event 1: field "event"`},
 		{"body over max_body", "POST", "application/json", `{"channel":"news","data":"` + strings.Repeat("x", 1100) + `"}`, 413, "larger than the limit of 1024 bytes"},

@@ -99,14 +99,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading sse app: %w", err)
 	}
 	h.app = app.(*App)
+	// Streams end as soon as their server begins to shut down: when Caddy
+	// exits, the http app waits for open requests before the sse app is
+	// sure to have stopped, so ending streams in App.Stop alone could come
+	// too late. The hook of the HTTP/1 and HTTP/2 server ends every stream
+	// of the config, HTTP/3 ones included.
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		srv.RegisterOnShutdown(h.app.endStreams)
+	}
 	return nil
 }
 
 // Validate rejects options that cannot work.
 func (h *Handler) Validate() error {
 	switch {
-	case h.Retry < 0:
-		return fmt.Errorf("retry must not be negative, got %s", time.Duration(h.Retry))
+	case h.Retry < 0 || (h.Retry > 0 && h.Retry < caddy.Duration(time.Millisecond)):
+		return fmt.Errorf("retry must be at least 1ms, got %s", time.Duration(h.Retry))
+	case h.KeepAlive > 0 && h.KeepAlive < caddy.Duration(time.Millisecond):
+		return fmt.Errorf("keepalive must be at least 1ms, or negative to turn it off, got %s", time.Duration(h.KeepAlive))
+	case h.WriteTimeout > 0 && h.WriteTimeout < caddy.Duration(time.Millisecond):
+		return fmt.Errorf("write_timeout must be at least 1ms, or negative to turn it off, got %s", time.Duration(h.WriteTimeout))
 	case h.MaxQueue < 0:
 		return fmt.Errorf("max_queue must not be negative, got %d", h.MaxQueue)
 	case h.MaxQueueBytes < 0:
@@ -126,8 +138,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			fmt.Errorf("method %s not allowed: event streams answer GET only", r.Method))
 	}
 
+	// A placeholder that is unknown or empty fails the request rather than
+	// leaving a channel name that many clients share: "user-" for every
+	// client whom no auth handler named.
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	channel := repl.ReplaceAll(h.Channel, "")
+	channel, err := repl.ReplaceOrErr(h.Channel, true, true)
+	if err != nil {
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("resolving channel %q: %w", h.Channel, err))
+	}
 	if err := validateChannel(channel); err != nil {
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("channel %q resolved to %q: %w", h.Channel, channel, err))
 	}
@@ -141,8 +159,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 	opts := streamOptions{maxQueue: h.MaxQueue, maxQueueBytes: h.MaxQueueBytes}
 	opts.lastEventID, opts.resume = lastEventID(r)
-	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
-	sub, err := h.app.attach(channel, srv, opts)
+	sub, err := h.app.attach(channel, opts)
+	if errors.Is(err, errStopping) {
+		// A stream that ends at once makes a browser reconnect, to the
+		// next config; a 503 would make EventSource give up for good.
+		h.writeHeader(w)
+		_, err := w.Write(h.openingLine())
+		return err
+	}
 	if err != nil {
 		return h.refuse(w, err)
 	}
@@ -194,12 +218,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	// unset on servers that carry streams.
 	out := &streamWriter{w: w, rc: http.NewResponseController(w), timeout: time.Duration(h.WriteTimeout)}
 
-	hdr := w.Header()
-	hdr.Set("Content-Type", "text/event-stream")
-	hdr.Set("Cache-Control", "no-cache")
-	hdr.Set("X-Accel-Buffering", "no")
-	hdr.Del("Content-Length")
-	w.WriteHeader(http.StatusOK)
+	h.writeHeader(w)
 
 	// The first bytes go out at once, so that the client sees the stream
 	// open: handlers that wrap the response, such as encode, hold the
@@ -261,6 +280,16 @@ func (h *Handler) writeFailed(sub *subscriber, r *http.Request, err error) error
 			zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
 	}
 	return err
+}
+
+// writeHeader starts an event stream response.
+func (h *Handler) writeHeader(w http.ResponseWriter) {
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no")
+	hdr.Del("Content-Length")
+	w.WriteHeader(http.StatusOK)
 }
 
 // keepAliveFrames is a comment line: clients ignore it, proxies see traffic.

@@ -57,13 +57,25 @@ type testServer struct {
 	admin string // host:port of the admin endpoint
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t testing.TB) int {
+// freeAddrs returns n distinct loopback addresses whose ports were free a
+// moment ago; holding each listener until all are chosen keeps the kernel
+// from handing out one port twice.
+func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	addrs := make([]string, n)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer ln.Close()
+		addrs[i] = ln.Addr().String()
+	}
+	return addrs
+}
+
+// newTestServer picks the addresses of an in-process Caddy.
+func newTestServer(t testing.TB) *testServer {
+	addrs := freeAddrs(t, 2)
+	return &testServer{t: t, http: addrs[0], admin: addrs[1]}
 }
 
 // startCaddy loads a Caddyfile into the process's Caddy and stops it when the
@@ -72,11 +84,7 @@ func freePort(t testing.TB) int {
 // test server needs.
 func startCaddy(t testing.TB, caddyfile string) *testServer {
 	t.Helper()
-	ts := &testServer{
-		t:     t,
-		http:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-	}
+	ts := newTestServer(t)
 	ts.load(caddyfile)
 	t.Cleanup(func() {
 		require.NoError(t, caddy.Stop())
@@ -129,19 +137,33 @@ func (r apiResponse) errorMessage(t testing.TB) string {
 }
 
 // adminRequest sends a request to the admin endpoint, as a script would.
+//
+// Each config load replaces Caddy's admin server, and the old one closes
+// connections it accepted but had not begun to serve; a script sees that as
+// a connection error with no answer, and the request was not processed, so
+// it is sent again.
 func (ts *testServer) adminRequest(method, path, contentType string, body []byte) apiResponse {
 	ts.t.Helper()
-	req, err := http.NewRequest(method, "http://"+ts.admin+path, bytes.NewReader(body))
-	require.NoError(ts.t, err)
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
+	var lastErr error
+	for range 50 {
+		req, err := http.NewRequest(method, "http://"+ts.admin+path, bytes.NewReader(body))
+		require.NoError(ts.t, err)
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
+		resp, err := plainClient.Do(req)
+		if err != nil {
+			lastErr = err
+			time.Sleep(10 * time.Millisecond) // backoff before a retry, not synchronisation
+			continue
+		}
+		defer resp.Body.Close()
+		respBody, err := io.ReadAll(resp.Body)
+		require.NoError(ts.t, err)
+		return apiResponse{status: resp.StatusCode, header: resp.Header, body: respBody}
 	}
-	resp, err := plainClient.Do(req)
-	require.NoError(ts.t, err)
-	defer resp.Body.Close()
-	respBody, err := io.ReadAll(resp.Body)
-	require.NoError(ts.t, err)
-	return apiResponse{status: resp.StatusCode, header: resp.Header, body: respBody}
+	require.FailNow(ts.t, "admin endpoint unreachable", "%s %s: %v", method, path, lastErr)
+	return apiResponse{}
 }
 
 // broadcast posts a JSON body to /sse/broadcast.
@@ -178,6 +200,9 @@ type stream struct {
 	events chan sse.Event
 	raw    *watchedBuffer
 	ended  chan struct{} // closed when the server ends the stream
+	quit   chan struct{} // closed when the test leaves the stream
+
+	closeOnce sync.Once
 }
 
 // openStream connects to url and waits until the server has subscribed the
@@ -211,6 +236,7 @@ func dialStream(t testing.TB, client *http.Client, url string) *stream {
 		events: make(chan sse.Event, 1024),
 		raw:    newWatchedBuffer(),
 		ended:  make(chan struct{}),
+		quit:   make(chan struct{}),
 	}
 	go func() {
 		defer close(s.ended)
@@ -219,7 +245,11 @@ func dialStream(t testing.TB, client *http.Client, url string) *stream {
 			if err != nil {
 				return
 			}
-			s.events <- ev
+			select {
+			case s.events <- ev:
+			case <-s.quit:
+				return
+			}
 		}
 	}()
 	t.Cleanup(s.close)
@@ -228,6 +258,7 @@ func dialStream(t testing.TB, client *http.Client, url string) *stream {
 
 // close leaves the stream, as a client that goes away does.
 func (s *stream) close() {
+	s.closeOnce.Do(func() { close(s.quit) })
 	s.cancel()
 	s.resp.Body.Close()
 	<-s.ended

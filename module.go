@@ -28,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"sync"
 	"time"
 
@@ -92,8 +91,6 @@ type configStreams struct {
 	mu       sync.Mutex
 	stopping bool
 	open     map[*subscriber]struct{}
-	// hooked holds the servers whose shutdown already ends the streams.
-	hooked map[*http.Server]struct{}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -123,10 +120,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.ReplayTotalBytes == 0 {
 		a.ReplayTotalBytes = DefaultReplayTotalBytes
 	}
-	a.streams = &configStreams{
-		open:   make(map[*subscriber]struct{}),
-		hooked: make(map[*http.Server]struct{}),
-	}
+	a.streams = &configStreams{open: make(map[*subscriber]struct{})}
 	val, _, err := broadcasterPool.LoadOrNew(broadcasterKey, func() (caddy.Destructor, error) {
 		return newBroadcaster(a.replayLimits()), nil
 	})
@@ -230,11 +224,8 @@ type streamOptions struct {
 	lastEventID string
 }
 
-// attach subscribes a new stream to channel. When srv is given, the stream
-// also ends as soon as that server begins to shut down: the http app waits
-// for open requests before it stops the other apps when Caddy exits, so
-// ending streams in Stop alone could come too late.
-func (a *App) attach(channel string, srv *http.Server, opts streamOptions) (*subscriber, error) {
+// attach subscribes a new stream to channel.
+func (a *App) attach(channel string, opts streamOptions) (*subscriber, error) {
 	b := a.broadcaster
 	if n := b.clients.Add(1); a.MaxClients > 0 && n > int64(a.MaxClients) {
 		b.clients.Add(-1)
@@ -250,10 +241,6 @@ func (a *App) attach(channel string, srv *http.Server, opts streamOptions) (*sub
 		return nil, errStopping
 	}
 	cs.open[s] = struct{}{}
-	if _, ok := cs.hooked[srv]; srv != nil && !ok {
-		cs.hooked[srv] = struct{}{}
-		srv.RegisterOnShutdown(a.endStreams)
-	}
 	cs.mu.Unlock()
 	b.subscribe(s, opts.lastEventID, opts.resume)
 	return s, nil

@@ -60,12 +60,13 @@ func startCaddyProcess(t *testing.T, caddyfile string) *caddyProcess {
 	require.NoError(t, err)
 
 	dir := t.TempDir()
+	addrs := freeAddrs(t, 2)
 	p := &caddyProcess{
 		t:         t,
 		bin:       bin,
 		caddyfile: filepath.Join(dir, "Caddyfile"),
-		admin:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		http:      fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		admin:     addrs[0],
+		http:      addrs[1],
 		output:    newWatchedBuffer(),
 		exited:    make(chan struct{}),
 	}
@@ -166,7 +167,7 @@ func TestCLIReportsARejectedEventWithANonZeroExit(t *testing.T) {
 	require.ErrorAs(t, err, &exitErr)
 	assert.Contains(t, stderr, "must be a non-negative whole number of milliseconds")
 
-	unreachable := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	unreachable := freeAddrs(t, 1)[0]
 	_, stderr, err = p.command("", "sse-broadcast", "--address", unreachable, "--data", "x")
 	require.ErrorAs(t, err, &exitErr)
 	assert.Contains(t, stderr, "connection refused")

@@ -89,7 +89,10 @@ func (s *subscriber) enqueue(frame []byte) enqueueOutcome {
 		s.mu.Unlock()
 		return alreadyGone
 	}
-	if len(s.queue) >= s.maxEvents || s.queuedBytes+len(frame) > s.maxBytes {
+	// The byte bound is on the backlog: a client with nothing queued takes
+	// any one event, so that a single large event does not drop clients
+	// that keep up.
+	if len(s.queue) >= s.maxEvents || (len(s.queue) > 0 && s.queuedBytes+len(frame) > s.maxBytes) {
 		s.dropLocked(dropSlow)
 		s.mu.Unlock()
 		return overflowed
