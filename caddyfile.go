@@ -39,6 +39,7 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	    max_queue       <events>          # default 1024
 //	    max_queue_bytes <size>            # default 4MiB
 //	    max_clients     <count>           # default no limit
+//	    send_buffer     <size> | off      # kernel send buffer of HTTP/1.1 streams; default 64KiB
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -110,6 +111,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.MaxClients = n
+		case "send_buffer":
+			if d.CountRemainingArgs() == 1 && d.Val() == "send_buffer" {
+				d.NextArg()
+				if d.Val() == "off" {
+					h.SendBuffer = -1
+					break
+				}
+				d.Prev()
+			}
+			size, err := parseSize(d)
+			if err != nil {
+				return err
+			}
+			h.SendBuffer = int(min(size, math.MaxInt))
 		default:
 			return d.Errf("unrecognized sse_broadcast subdirective %q", d.Val())
 		}

@@ -1,9 +1,11 @@
 package ssebroadcast
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -23,6 +25,7 @@ func init() {
 const (
 	DefaultKeepAlive    = 15 * time.Second
 	DefaultWriteTimeout = 10 * time.Second
+	DefaultSendBuffer   = 64 << 10
 )
 
 // Handler streams the events of one channel to each client as
@@ -62,6 +65,14 @@ type Handler struct {
 	// further requests get 503 with Retry-After. Default: 0, no limit.
 	MaxClients int `json:"max_clients,omitempty"`
 
+	// SendBuffer sets the kernel's send buffer, in bytes, of each HTTP/1.1
+	// stream's connection. It bounds how much a client that stopped
+	// reading holds in the kernel, so that its writes block, and the write
+	// timeout and queue bounds disconnect it, after that much rather than
+	// after the several megabytes the kernel would otherwise allow. A
+	// negative value leaves the kernel's own sizing. Default: 64 KiB.
+	SendBuffer int `json:"send_buffer,omitempty"`
+
 	app     *App
 	clients *atomic.Int64
 	logger  *zap.Logger
@@ -94,6 +105,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxQueueBytes == 0 {
 		h.MaxQueueBytes = DefaultMaxQueueBytes
 	}
+	if h.SendBuffer == 0 {
+		h.SendBuffer = DefaultSendBuffer
+	}
 	app, err := ctx.App("sse")
 	if err != nil {
 		return fmt.Errorf("loading sse app: %w", err)
@@ -106,8 +120,40 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// of the config, HTTP/3 ones included.
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		srv.RegisterOnShutdown(h.app.endStreams)
+		if h.SendBuffer > 0 {
+			// Caddy's way for a handler to reach the connection.
+			srv.RegisterConnContext(func(ctx context.Context, c net.Conn) context.Context {
+				return context.WithValue(ctx, connCtxKey{}, c)
+			})
+		}
 	}
 	return nil
+}
+
+// connCtxKey holds a request's net.Conn in its context.
+type connCtxKey struct{}
+
+// setSendBuffer bounds the kernel's send buffer of an HTTP/1.1 stream's
+// connection. An HTTP/2 connection carries other streams too, and is left
+// alone.
+func (h *Handler) setSendBuffer(r *http.Request) {
+	if h.SendBuffer <= 0 || r.ProtoMajor != 1 {
+		return
+	}
+	c, _ := r.Context().Value(connCtxKey{}).(net.Conn)
+	for c != nil {
+		if buffered, ok := c.(interface{ SetWriteBuffer(int) error }); ok {
+			if err := buffered.SetWriteBuffer(h.SendBuffer); err != nil {
+				h.logger.Debug("setting send buffer", zap.Error(err))
+			}
+			return
+		}
+		wrapper, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return
+		}
+		c = wrapper.NetConn()
+	}
 }
 
 // Validate rejects options that cannot work.
@@ -172,11 +218,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	defer h.app.detach(sub)
 
-	if err := h.stream(w, r, sub); err != nil {
+	h.setSendBuffer(r)
+	err = h.stream(w, r, sub)
+	if errors.Is(err, errDisconnect) {
+		// Close the connection rather than end the response: a client too
+		// slow for its stream is too slow for another request on it. The
+		// deferred detach runs first.
+		panic(http.ErrAbortHandler)
+	}
+	if err != nil {
 		h.logger.Debug("stream ended", zap.String("channel", channel), zap.Error(err))
 	}
 	return nil
 }
+
+// errDisconnect ends a stream whose client the server disconnects.
+var errDisconnect = errors.New("client disconnected by the server")
 
 // lastEventID returns the id the client last saw, if it says: browsers send
 // the Last-Event-ID header when they reconnect, and since EventSource cannot
@@ -253,6 +310,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 			default:
 				h.logger.Info("disconnected client", zap.Stringer("reason", reason),
 					zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
+				return errDisconnect
 			}
 			return nil
 		case <-sub.wake:
@@ -278,6 +336,7 @@ func (h *Handler) writeFailed(sub *subscriber, r *http.Request, err error) error
 		h.app.broadcaster.drop(sub, dropWriteTimeout)
 		h.logger.Info("disconnected client", zap.Stringer("reason", dropWriteTimeout),
 			zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
+		return fmt.Errorf("%w: %w", errDisconnect, err)
 	}
 	return err
 }
