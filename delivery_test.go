@@ -6,6 +6,7 @@ package ssebroadcast
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -327,4 +328,46 @@ func TestResumeSeamUnderConcurrentPublishing(t *testing.T) {
 	for _, r := range resumers {
 		assert.Equal(t, numbers(r.after+1, total), r.stream.readData(total-r.after), "resumed after event %d", r.after)
 	}
+}
+
+func TestMaxClientsRefusesWith503AndRetryAfter(t *testing.T) {
+	ts := startCaddy(t, `{
+	{GLOBAL}
+	sse {
+		max_clients 3
+	}
+}
+:{HTTP} {
+	route /limited {
+		sse_broadcast {
+			max_clients 2
+			retry 2s
+		}
+	}
+	route /open {
+		sse_broadcast
+	}
+}`)
+	openStream(t, nil, ts.url("/limited"))
+	openStream(t, nil, ts.url("/limited"))
+
+	refused := func(path, wantRetryAfter string) {
+		t.Helper()
+		resp, err := plainClient.Get(ts.url(path))
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, path)
+		assert.Equal(t, wantRetryAfter, resp.Header.Get("Retry-After"), path)
+		assert.Contains(t, string(body), "too many clients", path)
+	}
+	refused("/limited", "2") // the handler's limit, with its retry as Retry-After
+
+	openStream(t, nil, ts.url("/open"))
+	refused("/open", "5") // the app's limit over all handlers
+
+	st := ts.stats()
+	assert.Equal(t, 3, st.Clients)
+	assert.Equal(t, uint64(2), st.Rejected)
 }
