@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -200,4 +201,43 @@ func TestCaddyStopIsPromptWithAThousandOpenStreams(t *testing.T) {
 	for _, s := range streams {
 		s.awaitEnd()
 	}
+}
+
+// stop stops the process with `caddy stop` and waits for it to exit.
+func (p *caddyProcess) stop() {
+	p.t.Helper()
+	_, stderr, err := p.command("", "stop", "--address", p.admin)
+	require.NoError(p.t, err, "stderr: %s", stderr)
+	select {
+	case <-p.exited:
+	case <-time.After(awaitTimeout):
+		require.FailNow(p.t, "caddy did not exit after caddy stop")
+	}
+}
+
+// broadcastWithCLI publishes one event with `caddy sse-broadcast`.
+func (p *caddyProcess) broadcastWithCLI(data string) Result {
+	p.t.Helper()
+	stdout, stderr, err := p.command("", "sse-broadcast", "--address", p.admin, "--channel", "news", "--data", data)
+	require.NoError(p.t, err, "stderr: %s", stderr)
+	var res Result
+	require.NoError(p.t, json.Unmarshal([]byte(stdout), &res), "stdout: %s", stdout)
+	return res
+}
+
+// After a restart the window is empty, and the ids go on above those handed
+// out before: a client that resumes with an id from before the restart gets
+// every event published since.
+func TestIdsStayOrderedAcrossARestart(t *testing.T) {
+	first := startCaddyProcess(t, processCaddyfile)
+	before := first.broadcastWithCLI("before restart")
+	first.stop()
+
+	second := startCaddyProcess(t, processCaddyfile)
+	after := []Result{second.broadcastWithCLI("after restart 1"), second.broadcastWithCLI("after restart 2")}
+	assert.Less(t, before.ID, after[0].ID, "a restarted Caddy must not hand out an id that sorts below an earlier one")
+	assert.Less(t, after[0].ID, after[1].ID)
+
+	s := openStreamWithHeader(t, second.url("/"), http.Header{"Last-Event-Id": {before.ID}})
+	assert.Equal(t, []string{"after restart 1", "after restart 2"}, s.readData(2))
 }
