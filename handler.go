@@ -48,9 +48,9 @@ type Handler struct {
 	// milliseconds. Default: not sent (browsers use their own, about 3s).
 	Retry caddy.Duration `json:"retry,omitempty"`
 
-	// WriteTimeout is how long one write to the client, with its flush,
-	// may take; a client that does not take it in time is disconnected. A
-	// negative value turns the timeout off. Default: 10s.
+	// WriteTimeout is how long a write to the client may stall: a client
+	// that takes no 32 KiB of what is sent to it in this time is
+	// disconnected. A negative value turns the timeout off. Default: 10s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// MaxQueue is how many events may wait for one client; a client that
@@ -376,25 +376,41 @@ type streamWriter struct {
 }
 
 // write writes every frame and flushes once, so that all that was queued
-// goes out in as few writes as the response buffer allows.
+// goes out in as few writes as the response buffer allows. The deadline
+// bounds progress, not the whole batch: it moves on with every
+// deadlineStride bytes, so a long backlog to a client that reads steadily
+// is not cut, and a client that stops taking bytes is.
 func (sw *streamWriter) write(frames [][]byte) error {
 	if len(frames) == 0 {
 		return nil
 	}
 	var deadline time.Time
-	if sw.timeout > 0 {
-		deadline = time.Now().Add(sw.timeout)
-		if err := sw.rc.SetWriteDeadline(deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return fmt.Errorf("setting write deadline: %w", err)
-		}
-	}
+	sinceDeadline := deadlineStride
 	for _, frame := range frames {
+		if sw.timeout > 0 && sinceDeadline >= deadlineStride {
+			if err := sw.setDeadline(&deadline); err != nil {
+				return err
+			}
+			sinceDeadline = 0
+		}
 		if _, err := sw.w.Write(frame); err != nil {
 			return sw.failed("writing events", err, deadline)
 		}
+		sinceDeadline += len(frame)
 	}
 	if err := sw.rc.Flush(); err != nil {
 		return sw.failed("flushing events", err, deadline)
+	}
+	return nil
+}
+
+// deadlineStride is how many bytes a write deadline covers.
+const deadlineStride = 32 << 10
+
+func (sw *streamWriter) setDeadline(deadline *time.Time) error {
+	*deadline = time.Now().Add(sw.timeout)
+	if err := sw.rc.SetWriteDeadline(*deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return fmt.Errorf("setting write deadline: %w", err)
 	}
 	return nil
 }

@@ -17,10 +17,13 @@
 // An event flows like this: a publisher (the admin API, the CLI through it,
 // or another Caddy module calling App.Broadcast) hands an Event to the app;
 // the broadcaster (broadcaster.go) validates it and encodes it to its wire
-// form once (event.go); it then appends those same bytes to the queue of
-// every subscriber of the channel (subscriber.go) without waiting on any
-// client. Each stream's own goroutine takes everything queued for it and
-// writes it with one flush.
+// form once (event.go); under its channel's lock it numbers the event,
+// keeps it in the channel's replay window (replay.go), and appends those
+// same bytes to the queue of every subscriber of the channel
+// (subscriber.go) without waiting on any client. Each stream's own
+// goroutine takes everything queued for it and writes it with one flush. A
+// stream that resumes with Last-Event-ID takes the events it missed from
+// the window under the same lock, so it neither misses nor doubles one.
 package ssebroadcast
 
 import (
