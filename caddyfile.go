@@ -59,18 +59,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Channel = d.Val()
 		case "keepalive":
-			if !d.NextArg() {
-				return d.ArgErr()
+			interval, err := parseDurationOrOff(d)
+			if err != nil {
+				return err
 			}
-			if d.Val() == "off" {
-				h.KeepAlive = -1
-			} else {
-				interval, err := parsePositiveDuration(d, "keepalive")
-				if err != nil {
-					return err
-				}
-				h.KeepAlive = interval
-			}
+			h.KeepAlive = interval
 		case "retry":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -81,18 +74,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Retry = delay
 		case "write_timeout":
-			if !d.NextArg() {
-				return d.ArgErr()
+			timeout, err := parseDurationOrOff(d)
+			if err != nil {
+				return err
 			}
-			if d.Val() == "off" {
-				h.WriteTimeout = -1
-			} else {
-				timeout, err := parsePositiveDuration(d, "write_timeout")
-				if err != nil {
-					return err
-				}
-				h.WriteTimeout = timeout
-			}
+			h.WriteTimeout = timeout
 		case "max_queue":
 			n, err := parseCount(d, 1)
 			if err != nil {
@@ -133,6 +119,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseDurationOrOff parses the next argument as a duration of at least
+// 1ms, or "off", which it returns as -1: off in the JSON config.
+func parseDurationOrOff(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	name := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	if d.Val() == "off" {
+		return -1, nil
+	}
+	return parsePositiveDuration(d, name)
 }
 
 // parsePositiveDuration parses the current token as a duration of at least

@@ -177,17 +177,22 @@ func TestResumeWithAnIdTheWindowCannotPlace(t *testing.T) {
 	})
 }
 
-func TestReplayWindowIsBoundedByBytesAndAge(t *testing.T) {
-	t.Run("replay_max_bytes", func(t *testing.T) {
-		ts := startCaddy(t, `{
+// replayOptionCaddyfile serves per-channel streams with one sse app option.
+func replayOptionCaddyfile(option string) string {
+	return `{
 	{GLOBAL}
 	sse {
-		replay_max_bytes 1KiB
+		` + option + `
 	}
 }
 :{HTTP} {
 	sse_broadcast {query.channel}
-}`)
+}`
+}
+
+func TestReplayWindowIsBoundedByBytesAndAge(t *testing.T) {
+	t.Run("replay_max_bytes", func(t *testing.T) {
+		ts := startCaddy(t, replayOptionCaddyfile("replay_max_bytes 1KiB"))
 		ids := ts.publishNumbered("a", 1, 50)
 		st := ts.stats()
 		assert.LessOrEqual(t, st.ReplayBytes, int64(1024))
@@ -198,15 +203,7 @@ func TestReplayWindowIsBoundedByBytesAndAge(t *testing.T) {
 		assert.Equal(t, numbers(51-kept, 50), s.readData(kept), "the newest events are the ones kept")
 	})
 	t.Run("replay_ttl", func(t *testing.T) {
-		ts := startCaddy(t, `{
-	{GLOBAL}
-	sse {
-		replay_ttl 200ms
-	}
-}
-:{HTTP} {
-	sse_broadcast {query.channel}
-}`)
+		ts := startCaddy(t, replayOptionCaddyfile("replay_ttl 200ms"))
 		ids := ts.publishNumbered("a", 1, 3)
 		// Wait out the TTL: the janitor frees the expired window.
 		require.Eventually(t, func() bool { return ts.stats().Channels["a"].Replayable == 0 },
@@ -217,30 +214,14 @@ func TestReplayWindowIsBoundedByBytesAndAge(t *testing.T) {
 		assert.Equal(t, "fresh", s.next().Data, "expired events are not replayed")
 	})
 	t.Run("replay_total_bytes", func(t *testing.T) {
-		ts := startCaddy(t, `{
-	{GLOBAL}
-	sse {
-		replay_total_bytes 4KiB
-	}
-}
-:{HTTP} {
-	sse_broadcast {query.channel}
-}`)
+		ts := startCaddy(t, replayOptionCaddyfile("replay_total_bytes 4KiB"))
 		for c := range 20 {
 			ts.publishNumbered(fmt.Sprintf("ch%d", c), 1, 10)
 		}
 		assert.LessOrEqual(t, ts.stats().ReplayBytes, int64(4096))
 	})
 	t.Run("replay 0", func(t *testing.T) {
-		ts := startCaddy(t, `{
-	{GLOBAL}
-	sse {
-		replay 0
-	}
-}
-:{HTTP} {
-	sse_broadcast {query.channel}
-}`)
+		ts := startCaddy(t, replayOptionCaddyfile("replay 0"))
 		ids := ts.publishNumbered("a", 1, 3)
 		st := ts.stats()
 		assert.Zero(t, st.ReplayBytes)

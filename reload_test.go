@@ -34,10 +34,9 @@ func reloadingCaddyfile(keepalive string, maxQueue int) string {
 // sends Last-Event-ID when it does, as EventSource does; it is go-sse's
 // client, not ours.
 type browserLikeClient struct {
-	mu       sync.Mutex
-	data     []string
-	connects int
-	done     chan struct{} // closed when the "end" event arrives
+	mu   sync.Mutex
+	data []string
+	done chan struct{} // closed when the "end" event arrives
 }
 
 func connectBrowserLike(t *testing.T, url string) *browserLikeClient {
