@@ -73,10 +73,19 @@ func (b *broadcaster) Destruct() error {
 	return nil
 }
 
-// setLimits applies new replay limits in place; windows shrink to them at
-// their next publish or janitor pass.
-func (b *broadcaster) setLimits(limits replayLimits) {
-	b.limits.Store(&limits)
+// setLimits applies new replay limits in place and returns the limits they
+// replace. Windows meet them at their channel's next publish or the
+// janitor's next pass, not at once: a config that fails to start puts the
+// previous limits back, and must not have destroyed windows meanwhile.
+func (b *broadcaster) setLimits(limits *replayLimits) (previous *replayLimits) {
+	return b.limits.Swap(limits)
+}
+
+// restoreLimits puts back previous if limits are still the ones in force.
+func (b *broadcaster) restoreLimits(limits, previous *replayLimits) {
+	if previous != nil {
+		b.limits.CompareAndSwap(limits, previous)
+	}
 }
 
 // lockChannel returns the named channel, locked, creating it if create is
@@ -127,8 +136,7 @@ func (b *broadcaster) removeIfIdle(ch *channel) {
 func (b *broadcaster) subscribe(s *subscriber, lastEventID string, resume bool) {
 	ch := b.lockChannel(s.channel, true)
 	defer ch.mu.Unlock()
-	if resume {
-		limits := b.limits.Load()
+	if limits := b.limits.Load(); resume && limits.events > 0 {
 		s.replay, _ = ch.window.after(lastEventID, time.Now(), limits.ttl)
 		b.replayed.Add(uint64(len(s.replay)))
 	}
@@ -211,9 +219,14 @@ func (b *broadcaster) fanOut(ev *preparedEvent) int {
 	if ch == nil {
 		return 0
 	}
-	defer ch.mu.Unlock()
 
-	if limits.events > 0 {
+	if limits.events == 0 {
+		// With replay off, a window left from before would replay events
+		// around a gap: this one is not kept.
+		for ch.window.len() > 0 {
+			b.windowBytes.Add(-int64(ch.window.dropOldest()))
+		}
+	} else {
 		entry := windowEntry{seq: seq, id: ev.id, frame: ev.frame, published: now}
 		ch.window.append(entry)
 		added := int64(entry.cost() - ch.window.trim(*limits, now))
@@ -234,6 +247,12 @@ func (b *broadcaster) fanOut(ev *preparedEvent) int {
 		}
 	}
 	b.deliveries.Add(uint64(queued))
+	idle := len(ch.subscribers) == 0 && ch.window.len() == 0
+	ch.mu.Unlock()
+	if idle {
+		// A channel whose one event the total took back holds nothing.
+		b.removeIfIdle(ch)
+	}
 	return queued
 }
 
@@ -289,6 +308,11 @@ func (b *broadcaster) sweep(now time.Time) {
 			}
 		} else {
 			b.windowBytes.Add(-int64(ch.window.trim(*limits, now)))
+			// A lowered total is met at once, oldest events of each
+			// channel in turn first.
+			for b.windowBytes.Load() > limits.totalBytes && ch.window.len() > 0 {
+				b.windowBytes.Add(-int64(ch.window.dropOldest()))
+			}
 		}
 		idle := len(ch.subscribers) == 0 && ch.window.len() == 0
 		ch.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -351,4 +352,49 @@ func TestMaxClientsRefusesWith503AndRetryAfter(t *testing.T) {
 	st := ts.stats()
 	assert.Equal(t, 3, st.Clients)
 	assert.Equal(t, uint64(2), st.Rejected)
+}
+
+// With replay turned off and on again, a client never gets a replay with
+// a hole in it: a channel that got events while replay was off starts its
+// window anew.
+func TestTurningReplayOffAndOnLeavesNoGapInAReplay(t *testing.T) {
+	ts := startCaddy(t, replayCaddyfile)
+	ids := ts.publishNumbered("a", 1, 2)
+
+	ts.load(strings.Replace(replayCaddyfile, "replay 5", "replay 0", 1))
+	off := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
+	ts.publishNumbered("a", 3, 3)
+	assert.Equal(t, "3", off.next().Data, "replay is off: live events only")
+
+	ts.load(replayCaddyfile)
+	ts.publishNumbered("a", 4, 4)
+	s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
+	ts.publishNumbered("a", 5, 5)
+	assert.Equal(t, numbers(4, 5), s.readData(2), "the window starts after the events published while replay was off")
+}
+
+// A reload that fails leaves the running config as it was, replay limits
+// included.
+func TestAFailedReloadKeepsTheReplaySettings(t *testing.T) {
+	ts := startCaddy(t, replayCaddyfile)
+	ids := ts.publishNumbered("a", 1, 3)
+
+	// The new config's site cannot listen: its port is taken.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	broken := strings.Replace(replayCaddyfile, "replay 5", "replay 0", 1) + "\nhttp://" + taken.Addr().String() + " {\n\trespond ok\n}\n"
+	require.Error(t, caddy.Load(ts.adapt(broken), true), "the reload must fail")
+	// Caddy resets connections that arrive while it rolls back.
+	require.Eventually(t, func() bool {
+		resp, err := plainClient.Get(ts.url("/nothing-here?channel=probe"))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	}, awaitTimeout, 10*time.Millisecond)
+
+	s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
+	assert.Equal(t, numbers(2, 3), s.readData(2), "replay must still be on")
 }

@@ -120,12 +120,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// of the config, HTTP/3 ones included.
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		srv.RegisterOnShutdown(h.app.endStreams)
-		if h.SendBuffer > 0 {
-			// Caddy's way for a handler to reach the connection.
-			srv.RegisterConnContext(func(ctx context.Context, c net.Conn) context.Context {
-				return context.WithValue(ctx, connCtxKey{}, c)
-			})
-		}
+		// Caddy's way for a handler to reach the connection.
+		srv.RegisterConnContext(func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connCtxKey{}, c)
+		})
 	}
 	return nil
 }
@@ -133,15 +131,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // connCtxKey holds a request's net.Conn in its context.
 type connCtxKey struct{}
 
-// setSendBuffer bounds the kernel's send buffer of an HTTP/1.1 stream's
-// connection. An HTTP/2 connection carries other streams too, and is left
-// alone.
-func (h *Handler) setSendBuffer(r *http.Request) {
-	if h.SendBuffer <= 0 || r.ProtoMajor != 1 {
+// prepareConn readies an HTTP/1.1 stream's connection, which carries
+// nothing else: it bounds the kernel's send buffer, and lets dropping the
+// subscriber interrupt a write blocked on a client that stopped reading.
+// An HTTP/2 connection carries other streams too, and is left alone.
+func (h *Handler) prepareConn(r *http.Request, sub *subscriber) {
+	if r.ProtoMajor != 1 {
 		return
 	}
-	c, _ := r.Context().Value(connCtxKey{}).(net.Conn)
-	for c != nil {
+	conn, _ := r.Context().Value(connCtxKey{}).(net.Conn)
+	if conn == nil {
+		return
+	}
+	// net.Conn's deadlines may be set from any goroutine.
+	sub.setInterrupt(func() { _ = conn.SetWriteDeadline(time.Now()) })
+	if h.SendBuffer <= 0 {
+		return
+	}
+	for c := conn; c != nil; {
 		if buffered, ok := c.(interface{ SetWriteBuffer(int) error }); ok {
 			if err := buffered.SetWriteBuffer(h.SendBuffer); err != nil {
 				h.logger.Debug("setting send buffer", zap.Error(err))
@@ -218,7 +225,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	defer h.app.detach(sub)
 
-	h.setSendBuffer(r)
+	h.prepareConn(r, sub)
 	err = h.stream(w, r, sub)
 	if errors.Is(err, errDisconnect) {
 		// Close the connection rather than end the response: a client too
@@ -387,16 +394,21 @@ func (sw *streamWriter) write(frames [][]byte) error {
 	var deadline time.Time
 	sinceDeadline := deadlineStride
 	for _, frame := range frames {
-		if sw.timeout > 0 && sinceDeadline >= deadlineStride {
-			if err := sw.setDeadline(&deadline); err != nil {
-				return err
+		for len(frame) > 0 {
+			if sw.timeout > 0 && sinceDeadline >= deadlineStride {
+				if err := sw.setDeadline(&deadline); err != nil {
+					return err
+				}
+				sinceDeadline = 0
 			}
-			sinceDeadline = 0
+			// A large event goes out in pieces, each with its deadline.
+			piece := frame[:min(len(frame), deadlineStride)]
+			if _, err := sw.w.Write(piece); err != nil {
+				return sw.failed("writing events", err, deadline)
+			}
+			sinceDeadline += len(piece)
+			frame = frame[len(piece):]
 		}
-		if _, err := sw.w.Write(frame); err != nil {
-			return sw.failed("writing events", err, deadline)
-		}
-		sinceDeadline += len(frame)
 	}
 	if err := sw.rc.Flush(); err != nil {
 		return sw.failed("flushing events", err, deadline)

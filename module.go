@@ -85,6 +85,11 @@ type App struct {
 	broadcaster *broadcaster
 	streams     *configStreams
 	logger      *zap.Logger
+
+	// limits and previousLimits let Stop undo Start when this config
+	// does not take over: Caddy stops the apps that started when another
+	// app of the config fails to, and keeps the old config running.
+	limits, previousLimits *replayLimits
 }
 
 // configStreams is the set of streams one config serves, so that stopping
@@ -165,7 +170,9 @@ func (a *App) replayLimits() replayLimits {
 // Start applies this config's replay limits to the broadcaster, which a
 // reload keeps: windows shrink or grow in place.
 func (a *App) Start() error {
-	a.broadcaster.setLimits(a.replayLimits())
+	limits := a.replayLimits()
+	a.limits = &limits
+	a.previousLimits = a.broadcaster.setLimits(a.limits)
 	return nil
 }
 
@@ -173,6 +180,10 @@ func (a *App) Start() error {
 // `caddy stop` waits on them. Clients reconnect to the new config.
 func (a *App) Stop() error {
 	a.endStreams()
+	if a.limits != nil {
+		// A no-op once a newer config has set its own limits.
+		a.broadcaster.restoreLimits(a.limits, a.previousLimits)
+	}
 	return nil
 }
 

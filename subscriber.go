@@ -60,6 +60,15 @@ type subscriber struct {
 	queue       [][]byte
 	queuedBytes int
 	dropped     dropReason
+	// interrupt, when set, makes a write blocked on the client return.
+	interrupt func()
+}
+
+// setInterrupt sets what a drop calls to stop a blocked write.
+func (s *subscriber) setInterrupt(interrupt func()) {
+	s.mu.Lock()
+	s.interrupt = interrupt
+	s.mu.Unlock()
 }
 
 func newSubscriber(channel string, maxEvents, maxBytes int) *subscriber {
@@ -134,9 +143,15 @@ func (s *subscriber) dropLocked(reason dropReason) bool {
 	}
 	s.dropped = reason
 	if reason != dropShutdown {
-		// What a dropped client has queued is never written: release it.
+		// What a dropped client has queued is never written: release it,
+		// and stop a write that waits on the client. A stream that ends
+		// for a shutdown writes what is queued first, within its write
+		// timeout.
 		s.queue = nil
 		s.queuedBytes = 0
+		if s.interrupt != nil {
+			s.interrupt()
+		}
 	}
 	close(s.gone)
 	return true
