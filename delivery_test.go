@@ -102,6 +102,16 @@ func TestAssignedIdsIncreaseStrictlyWithinAChannel(t *testing.T) {
 		assert.Equal(t, id, s.next().LastEventID, "the client sees the id the publisher was given")
 	}
 
+	// Publishing in-process, many events fall in one microsecond.
+	app := sseApp(t)
+	last := ""
+	for range 5000 {
+		res, err := app.Broadcast(context.Background(), Event{Channel: "fast", Data: "x"})
+		require.NoError(t, err)
+		require.Less(t, last, res.ID, "ids must increase strictly, as text")
+		last = res.ID
+	}
+
 	kept := ts.mustBroadcast(`{"channel":"a","id":"my-own-id","data":"x"}`)
 	assert.Equal(t, "my-own-id", kept.ID, "a publisher's id is kept as it is")
 	assert.Equal(t, "my-own-id", s.next().LastEventID)
