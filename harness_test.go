@@ -224,7 +224,15 @@ func dialStream(t testing.TB, client *http.Client, url string) *stream {
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	require.NoError(t, err)
-	resp, err := client.Do(req)
+	// Right after a config load, a connection can reach the old server as
+	// it closes and end unanswered; a browser reconnects, and so do we.
+	var resp *http.Response
+	for range 50 {
+		if resp, err = client.Do(req); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // backoff before a retry, not synchronisation
+	}
 	if err != nil {
 		cancel()
 		require.NoError(t, err)
