@@ -40,6 +40,7 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	    max_queue_bytes <size>            # default 4MiB
 //	    max_clients     <count>           # default no limit
 //	    send_buffer     <size> | off      # kernel send buffer of HTTP/1.1 streams; default 64KiB
+//	    flush_interval  <duration>        # least time between writes to a client; default 0
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -97,6 +98,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.MaxClients = n
+		case "flush_interval":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			interval, err := caddy.ParseDuration(d.Val())
+			if err != nil || interval < 0 {
+				return d.Errf("parsing flush_interval %q: must be a duration of 0 or more", d.Val())
+			}
+			h.FlushInterval = caddy.Duration(interval)
 		case "send_buffer":
 			if d.CountRemainingArgs() == 1 && d.Val() == "send_buffer" {
 				d.NextArg()

@@ -65,6 +65,14 @@ type Handler struct {
 	// further requests get 503 with Retry-After. Default: 0, no limit.
 	MaxClients int `json:"max_clients,omitempty"`
 
+	// FlushInterval is the least time between two writes to one client.
+	// Events published sooner after a write wait for the next one and
+	// share it: under a high publish rate each client then costs one
+	// system call per interval instead of one per event, at the price of
+	// at most this much latency; an event after a quiet spell is written at
+	// once. 0 writes every event at once. Default: 0.
+	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
+
 	// SendBuffer sets the kernel's send buffer, in bytes, of each HTTP/1.1
 	// stream's connection. It bounds how much a client that stopped
 	// reading holds in the kernel, so that its writes block, and the write
@@ -178,6 +186,8 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("max_queue_bytes must not be negative, got %d", h.MaxQueueBytes)
 	case h.MaxClients < 0:
 		return fmt.Errorf("max_clients must not be negative, got %d", h.MaxClients)
+	case h.FlushInterval < 0:
+		return fmt.Errorf("flush_interval must not be negative, got %s", time.Duration(h.FlushInterval))
 	}
 	return nil
 }
@@ -302,6 +312,16 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 		keepAlive = keepAliveTimer.C
 	}
 
+	// Flushes are at least FlushInterval apart: events that arrive sooner
+	// wait for the held flush and share its write, so that under a high
+	// publish rate a client costs one system call per interval rather than
+	// one per event, and an event that follows a quiet spell goes at once.
+	var held <-chan time.Time
+	holdTimer := time.NewTimer(0)
+	<-holdTimer.C
+	defer holdTimer.Stop()
+	lastFlush := time.Time{}
+
 	var spare [][]byte
 	for {
 		select {
@@ -321,10 +341,26 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 			}
 			return nil
 		case <-sub.wake:
+			if held != nil {
+				continue // the held flush takes this event too
+			}
+			if wait := time.Duration(h.FlushInterval) - time.Since(lastFlush); wait > 0 {
+				holdTimer.Reset(wait)
+				held = holdTimer.C
+				continue
+			}
 			spare = sub.take(spare)
 			if err := out.write(spare); err != nil {
 				return h.writeFailed(sub, r, err)
 			}
+			lastFlush = time.Now()
+		case <-held:
+			held = nil
+			spare = sub.take(spare)
+			if err := out.write(spare); err != nil {
+				return h.writeFailed(sub, r, err)
+			}
+			lastFlush = time.Now()
 		case <-keepAlive:
 			if err := out.write(keepAliveFrames); err != nil {
 				return h.writeFailed(sub, r, err)

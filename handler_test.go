@@ -1,6 +1,7 @@
 package ssebroadcast
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -335,4 +336,26 @@ func TestStreamFromAJSONConfig(t *testing.T) {
 
 	resp := ts.broadcast(fmt.Sprintf(`{"channel":"json-a","data":"%s"}`, strings.Repeat("x", 2048)))
 	assert.Equal(t, http.StatusRequestEntityTooLarge, resp.status)
+}
+
+// With a flush interval, events that come faster than it share writes; none
+// is lost or reordered, and an event after a quiet spell goes out at once.
+func TestFlushIntervalCoalescesWithoutLosingOrReordering(t *testing.T) {
+	ts := startCaddy(t, `{
+	{GLOBAL}
+}
+:{HTTP} {
+	sse_broadcast {
+		channel burst
+		keepalive off
+		flush_interval 50ms
+	}
+}`)
+	s := openStream(t, nil, ts.url("/"))
+	app := sseApp(t)
+	for i := 1; i <= 500; i++ {
+		_, err := app.Broadcast(context.Background(), Event{Channel: "burst", Data: fmt.Sprint(i)})
+		require.NoError(t, err)
+	}
+	assert.Equal(t, numbers(1, 500), s.readData(500))
 }

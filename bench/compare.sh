@@ -58,6 +58,13 @@ run() { # label clients events rate size
 	"$work/ssebench" -label "caddy $label" -clients "$clients" -events "$events" -rate "$rate" -size "$size" \
 		-stream http://127.0.0.1:8092/ -publisher admin -publish http://localhost:2998/sse/broadcast \
 		-channel bench -pid "$caddy_pid" >>"$results" || echo "caddy $label: exit $? (see above)" >&2
+	# The same Caddy with flush_interval 5ms: writes to a client at least
+	# 5 ms apart, so that events coming faster share them.
+	stop_servers
+	FLUSH_INTERVAL=5ms start_servers
+	"$work/ssebench" -label "caddy-flush5ms $label" -clients "$clients" -events "$events" -rate "$rate" -size "$size" \
+		-stream http://127.0.0.1:8092/ -publisher admin -publish http://localhost:2998/sse/broadcast \
+		-channel bench -pid "$caddy_pid" >>"$results" || echo "caddy-flush5ms $label: exit $? (see above)" >&2
 }
 
 if [ -n "${QUICK:-}" ]; then

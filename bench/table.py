@@ -20,7 +20,7 @@ def ratio(a, b):
 print("| workload | server | clients × events | delivered | lost/dup/ooo | deliveries/s | p50 ms | p99 ms | max ms | CPU µs/delivery | RSS KiB/idle conn |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for w in workloads:
-    for server in ("nchan", "caddy"):
+    for server in ("nchan", "caddy", "caddy-flush5ms"):
         r = by_label.get(f"{server} {w}")
         if r is None:
             continue
@@ -29,11 +29,13 @@ for w in workloads:
               f"| {fmt(r['latency_p50_ms'])} | {fmt(r['latency_p99_ms'])} | {fmt(r['latency_max_ms'])} "
               f"| {fmt(r['cpu_us_per_delivery'])} | {fmt(r['rss_per_idle_conn_kib'], 1)} |")
 print()
-print("| workload | Caddy ÷ nchan: CPU per delivery | p99 latency | RSS per idle connection |")
-print("|---|---|---|---|")
+print("| workload | Caddy config | ÷ nchan: CPU per delivery | p99 latency | RSS per idle connection |")
+print("|---|---|---|---|---|")
 for w in workloads:
-    n, c = by_label.get(f"nchan {w}"), by_label.get(f"caddy {w}")
-    if n and c:
-        print(f"| {w} | {ratio(c['cpu_us_per_delivery'], n['cpu_us_per_delivery'])} "
-              f"| {ratio(c['latency_p99_ms'], n['latency_p99_ms'])} "
-              f"| {ratio(c['rss_per_idle_conn_kib'], n['rss_per_idle_conn_kib'])} |")
+    n = by_label.get(f"nchan {w}")
+    for server in ("caddy", "caddy-flush5ms"):
+        c = by_label.get(f"{server} {w}")
+        if n and c:
+            print(f"| {w} | {server} | {ratio(c['cpu_us_per_delivery'], n['cpu_us_per_delivery'])} "
+                  f"| {ratio(c['latency_p99_ms'], n['latency_p99_ms'])} "
+                  f"| {ratio(c['rss_per_idle_conn_kib'], n['rss_per_idle_conn_kib'])} |")
