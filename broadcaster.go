@@ -46,7 +46,9 @@ type channel struct {
 	name string
 
 	mu          sync.Mutex
-	subscribers map[*subscriber]struct{}
+	// subscribers is a slice, walked in memory order on every publish;
+	// each subscriber knows its index, so leaving is O(1).
+	subscribers []*subscriber
 	window      replayWindow
 	// removed is set, under both the broadcaster's and the channel's lock,
 	// when the channel leaves the map; whoever holds a stale pointer to it
@@ -102,7 +104,7 @@ func (b *broadcaster) lockChannel(name string, create bool) *channel {
 			b.mu.Lock()
 			ch = b.channels[name]
 			if ch == nil {
-				ch = &channel{name: name, subscribers: make(map[*subscriber]struct{})}
+				ch = &channel{name: name}
 				b.channels[name] = ch
 			}
 			b.mu.Unlock()
@@ -140,7 +142,8 @@ func (b *broadcaster) subscribe(s *subscriber, lastEventID string, resume bool) 
 		s.replay, _ = ch.window.after(lastEventID, time.Now(), limits.ttl)
 		b.replayed.Add(uint64(len(s.replay)))
 	}
-	ch.subscribers[s] = struct{}{}
+	s.index = len(ch.subscribers)
+	ch.subscribers = append(ch.subscribers, s)
 	s.ch = ch
 }
 
@@ -151,7 +154,11 @@ func (b *broadcaster) unsubscribe(s *subscriber) {
 		return
 	}
 	ch.mu.Lock()
-	delete(ch.subscribers, s)
+	last := len(ch.subscribers) - 1
+	moved := ch.subscribers[last]
+	ch.subscribers[s.index], moved.index = moved, s.index
+	ch.subscribers[last] = nil
+	ch.subscribers = ch.subscribers[:last]
 	idle := len(ch.subscribers) == 0 && ch.window.len() == 0
 	ch.mu.Unlock()
 	if idle {
@@ -238,7 +245,7 @@ func (b *broadcaster) fanOut(ev *preparedEvent) int {
 	}
 
 	queued := 0
-	for s := range ch.subscribers {
+	for _, s := range ch.subscribers {
 		switch s.enqueue(ev.frame) {
 		case enqueued:
 			queued++

@@ -41,6 +41,7 @@ func (r dropReason) String() string {
 type subscriber struct {
 	channel string
 	ch      *channel // set by subscribe
+	index   int      // in ch.subscribers, guarded by ch.mu
 
 	// replay holds the events the stream missed before it connected; the
 	// stream writes them before anything queued.
