@@ -45,7 +45,7 @@ type broadcaster struct {
 type channel struct {
 	name string
 
-	mu          sync.Mutex
+	mu sync.Mutex
 	// subscribers is a slice, walked in memory order on every publish;
 	// each subscriber knows its index, so leaving is O(1).
 	subscribers []*subscriber
