@@ -320,9 +320,19 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	holdTimer := time.NewTimer(0)
 	<-holdTimer.C
 	defer holdTimer.Stop()
-	lastFlush := time.Time{}
+	var lastFlush time.Time
 
 	var spare [][]byte
+	flush := func() error {
+		spare = sub.take(spare)
+		if err := out.write(spare); err != nil {
+			return h.writeFailed(sub, r, err)
+		}
+		if h.FlushInterval > 0 {
+			lastFlush = time.Now()
+		}
+		return nil
+	}
 	for {
 		select {
 		case <-r.Context().Done():
@@ -335,8 +345,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 					return h.writeFailed(sub, r, err)
 				}
 			default:
-				h.logger.Info("disconnected client", zap.Stringer("reason", reason),
-					zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
+				h.logDisconnect(sub, r, reason)
 				return errDisconnect
 			}
 			return nil
@@ -344,23 +353,21 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 			if held != nil {
 				continue // the held flush takes this event too
 			}
-			if wait := time.Duration(h.FlushInterval) - time.Since(lastFlush); wait > 0 {
-				holdTimer.Reset(wait)
-				held = holdTimer.C
-				continue
+			if h.FlushInterval > 0 {
+				if wait := time.Duration(h.FlushInterval) - time.Since(lastFlush); wait > 0 {
+					holdTimer.Reset(wait)
+					held = holdTimer.C
+					continue
+				}
 			}
-			spare = sub.take(spare)
-			if err := out.write(spare); err != nil {
-				return h.writeFailed(sub, r, err)
+			if err := flush(); err != nil {
+				return err
 			}
-			lastFlush = time.Now()
 		case <-held:
 			held = nil
-			spare = sub.take(spare)
-			if err := out.write(spare); err != nil {
-				return h.writeFailed(sub, r, err)
+			if err := flush(); err != nil {
+				return err
 			}
-			lastFlush = time.Now()
 		case <-keepAlive:
 			if err := out.write(keepAliveFrames); err != nil {
 				return h.writeFailed(sub, r, err)
@@ -377,11 +384,18 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 func (h *Handler) writeFailed(sub *subscriber, r *http.Request, err error) error {
 	if errors.Is(err, errWriteTimeout) {
 		h.app.broadcaster.drop(sub, dropWriteTimeout)
-		h.logger.Info("disconnected client", zap.Stringer("reason", dropWriteTimeout),
-			zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
+		// A slow drop that interrupted the write came first: its reason
+		// is the one kept and logged.
+		h.logDisconnect(sub, r, sub.dropReason())
 		return fmt.Errorf("%w: %w", errDisconnect, err)
 	}
 	return err
+}
+
+// logDisconnect logs, once per stream, that the server cut a client.
+func (h *Handler) logDisconnect(sub *subscriber, r *http.Request, reason dropReason) {
+	h.logger.Info("disconnected client", zap.Stringer("reason", reason),
+		zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
 }
 
 // writeHeader starts an event stream response.
