@@ -108,15 +108,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.FlushInterval = caddy.Duration(interval)
 		case "send_buffer":
-			if d.CountRemainingArgs() == 1 && d.Val() == "send_buffer" {
-				d.NextArg()
-				if d.Val() == "off" {
-					h.SendBuffer = -1
-					break
-				}
-				d.Prev()
-			}
-			size, err := parseSize(d)
+			size, err := parseSizeOrOff(d)
 			if err != nil {
 				return err
 			}
@@ -177,6 +169,24 @@ func parseSize(d *caddyfile.Dispenser) (int64, error) {
 	if !d.NextArg() {
 		return 0, d.ArgErr()
 	}
+	return sizeValue(d, name)
+}
+
+// parseSizeOrOff parses the next argument as parseSize does, or "off",
+// which it returns as -1: off in the JSON config.
+func parseSizeOrOff(d *caddyfile.Dispenser) (int64, error) {
+	name := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	if d.Val() == "off" {
+		return -1, nil
+	}
+	return sizeValue(d, name)
+}
+
+// sizeValue reads the current token as the size for option name.
+func sizeValue(d *caddyfile.Dispenser, name string) (int64, error) {
 	size, err := humanize.ParseBytes(d.Val())
 	if err != nil {
 		return 0, d.Errf("parsing %s %q: %v", name, d.Val(), err)
