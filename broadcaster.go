@@ -35,6 +35,11 @@ type broadcaster struct {
 	rejected    atomic.Uint64
 	disconnects [numDropReasons]atomic.Uint64
 
+	// writers write to the connections taken over from net/http;
+	// hangups tells when their clients leave.
+	writers *writerPool
+	hangups *hangupWatcher
+
 	stopJanitor chan struct{}
 	janitorDone chan struct{}
 }
@@ -54,14 +59,19 @@ type channel struct {
 	// when the channel leaves the map; whoever holds a stale pointer to it
 	// looks it up again.
 	removed bool
+	// toSchedule collects, during one fan-out, the taken-over connections
+	// that need a writer, so that they are handed over in one go.
+	toSchedule []*subscriber
 }
 
 func newBroadcaster(limits replayLimits) *broadcaster {
 	b := &broadcaster{
 		channels:    make(map[string]*channel),
+		writers:     newWriterPool(),
 		stopJanitor: make(chan struct{}),
 		janitorDone: make(chan struct{}),
 	}
+	b.hangups = newHangupWatcher(func(s *subscriber) { b.drop(s, dropClientLeft) })
 	b.limits.Store(&limits)
 	go b.runJanitor()
 	return b
@@ -72,6 +82,7 @@ func newBroadcaster(limits replayLimits) *broadcaster {
 func (b *broadcaster) Destruct() error {
 	close(b.stopJanitor)
 	<-b.janitorDone
+	b.hangups.close()
 	return nil
 }
 
@@ -249,9 +260,17 @@ func (b *broadcaster) fanOut(ev *preparedEvent) int {
 		switch s.enqueue(ev.frame) {
 		case enqueued:
 			queued++
+		case toSchedule:
+			queued++
+			ch.toSchedule = append(ch.toSchedule, s)
 		case overflowed:
 			b.disconnects[dropSlow].Add(1)
 		}
+	}
+	if len(ch.toSchedule) > 0 {
+		b.writers.schedule(ch.toSchedule)
+		clear(ch.toSchedule)
+		ch.toSchedule = ch.toSchedule[:0]
 	}
 	b.deliveries.Add(uint64(queued))
 	idle := len(ch.subscribers) == 0 && ch.window.len() == 0
@@ -276,7 +295,7 @@ func (b *broadcaster) nextSeq(now time.Time) uint64 {
 
 // drop ends s's subscription for reason, counting it once.
 func (b *broadcaster) drop(s *subscriber, reason dropReason) {
-	if s.drop(reason) {
+	if s.drop(reason) && reason != dropClientLeft {
 		b.disconnects[reason].Add(1)
 	}
 }

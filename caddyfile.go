@@ -41,6 +41,7 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	    max_clients     <count>           # default no limit
 //	    send_buffer     <size> | off      # kernel send buffer of HTTP/1.1 streams; default 64KiB
 //	    flush_interval  <duration>        # least time between writes to a client; default 0
+//	    takeover        on | off          # take HTTP/1 connections over after the headers; default on
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -113,6 +114,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.SendBuffer = int(min(size, math.MaxInt))
+		case "takeover":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case "on":
+				h.Takeover = nil // the default
+			case "off":
+				off := false
+				h.Takeover = &off
+			default:
+				return d.Errf("parsing takeover %q: must be on or off", d.Val())
+			}
 		default:
 			return d.Errf("unrecognized sse_broadcast subdirective %q", d.Val())
 		}

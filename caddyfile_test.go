@@ -67,6 +67,7 @@ func TestCaddyfileErrorsNameTheFileAndLine(t *testing.T) {
 		{"negative replay", "{\n\tsse {\n\t\treplay -1\n\t}\n}\n:8080 {\n\tsse_broadcast\n}", `replay must be a whole number of at least 0`, 3},
 		{"zero max_queue", ":8080 {\n\tsse_broadcast {\n\t\tmax_queue 0\n\t}\n}", `max_queue must be a whole number of at least 1`, 3},
 		{"bad send_buffer", ":8080 {\n\tsse_broadcast {\n\t\tsend_buffer big\n\t}\n}", `parsing send_buffer "big"`, 3},
+		{"bad takeover", ":8080 {\n\tsse_broadcast {\n\t\ttakeover maybe\n\t}\n}", `parsing takeover "maybe": must be on or off`, 3},
 		{"bad write_timeout", ":8080 {\n\tsse_broadcast {\n\t\twrite_timeout soon\n\t}\n}", `parsing write_timeout "soon"`, 3},
 		{"zero replay_ttl", "{\n\tsse {\n\t\treplay_ttl 0s\n\t}\n}\n:8080 {\n\tsse_broadcast\n}", `replay_ttl must be at least 1ms`, 3},
 		{"app option given twice", "{\n\tsse {\n\t\tmax_body 1MiB\n\t}\n\tsse {\n\t}\n}\n:8080 {\n\tsse_broadcast\n}", `the sse option is given more than once`, 5},

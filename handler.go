@@ -81,6 +81,20 @@ type Handler struct {
 	// negative value leaves the kernel's own sizing. Default: 64 KiB.
 	SendBuffer int `json:"send_buffer,omitempty"`
 
+	// Takeover, on by default, takes each HTTP/1 stream's connection over
+	// from Caddy's HTTP server once the response headers and the stream's
+	// first bytes are out. An idle client then holds no goroutine and no
+	// buffers, only its socket and a few hundred bytes, and a few shared
+	// writers, one per CPU, write to every client, each client's queued
+	// events in one system call. The response is sent without chunked
+	// encoding and ends when the connection closes, as the SSE spec
+	// suggests. Handlers that run after this one no longer see the stream,
+	// and the access log records it when it is taken over, not when it
+	// ends. Streams whose response is compressed (encode), and HTTP/2 and
+	// HTTP/3 streams, stay with the server in any case. Set false to keep
+	// every stream with the server. Default: true.
+	Takeover *bool `json:"takeover,omitempty"`
+
 	app     *App
 	clients *atomic.Int64
 	logger  *zap.Logger
@@ -218,7 +232,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		h.app.broadcaster.rejected.Add(1)
 		return h.refuse(w, errTooManyClients)
 	}
-	defer h.clients.Add(-1)
+	// A stream whose connection is taken over outlives this call: it lets
+	// go of its place when it ends.
+	takenOver := false
+	defer func() {
+		if !takenOver {
+			h.clients.Add(-1)
+		}
+	}()
 
 	opts := streamOptions{maxQueue: h.MaxQueue, maxQueueBytes: h.MaxQueueBytes}
 	opts.lastEventID, opts.resume = lastEventID(r)
@@ -226,17 +247,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if errors.Is(err, errStopping) {
 		// A stream that ends at once makes a browser reconnect, to the
 		// next config; a 503 would make EventSource give up for good.
-		h.writeHeader(w)
+		h.writeHeader(w, r)
 		_, err := w.Write(h.openingLine())
 		return err
 	}
 	if err != nil {
 		return h.refuse(w, err)
 	}
-	defer h.app.detach(sub)
+	defer func() {
+		if !takenOver {
+			h.app.detach(sub)
+		}
+	}()
 
 	h.prepareConn(r, sub)
 	err = h.stream(w, r, sub)
+	if errors.Is(err, errTakenOver) {
+		takenOver = true
+		return nil
+	}
 	if errors.Is(err, errDisconnect) {
 		// Close the connection rather than end the response: a client too
 		// slow for its stream is too slow for another request on it. The
@@ -292,7 +321,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	// unset on servers that carry streams.
 	out := &streamWriter{w: w, rc: http.NewResponseController(w), timeout: time.Duration(h.WriteTimeout)}
 
-	h.writeHeader(w)
+	h.writeHeader(w, r)
 
 	// The first bytes go out at once, so that the client sees the stream
 	// open: handlers that wrap the response, such as encode, hold the
@@ -302,6 +331,9 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	sub.replay = nil
 	if err := out.write(frames); err != nil {
 		return h.writeFailed(sub, r, err)
+	}
+	if h.takeOver(w, r, sub) {
+		return errTakenOver
 	}
 
 	var keepAlive <-chan time.Time
@@ -399,12 +431,18 @@ func (h *Handler) logDisconnect(sub *subscriber, r *http.Request, reason dropRea
 }
 
 // writeHeader starts an event stream response.
-func (h *Handler) writeHeader(w http.ResponseWriter) {
+func (h *Handler) writeHeader(w http.ResponseWriter, r *http.Request) {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("X-Accel-Buffering", "no")
 	hdr.Del("Content-Length")
+	if h.mayTakeOver(r) {
+		// net/http's way to send a body without chunked encoding, ended
+		// by closing the connection: what a taken-over connection carries
+		// is then the event stream itself.
+		hdr.Set("Transfer-Encoding", "identity")
+	}
 	w.WriteHeader(http.StatusOK)
 }
 

@@ -20,6 +20,7 @@ const (
 	dropSlow                    // its queue overflowed
 	dropWriteTimeout            // a write to it did not finish in time
 	dropShutdown                // the server or the config is stopping
+	dropClientLeft              // the client closed its connection; not counted
 	numDropReasons
 )
 
@@ -31,13 +32,19 @@ func (r dropReason) String() string {
 		return "write_timeout"
 	case dropShutdown:
 		return "shutdown"
+	case dropClientLeft:
+		return "client_left"
 	}
 	return "none"
 }
 
 // subscriber is one connected stream's place in a channel. Publishers append
-// encoded events to its queue without blocking; the stream's own goroutine
-// takes the whole queue at once and writes it with a single flush.
+// encoded events to its queue without blocking. Who writes them depends on
+// the stream: a handler's goroutine, woken through wake, for streams that
+// stay with net/http (HTTP/2, HTTP/3, compressed); a shared writer, handed
+// the subscriber when its queue becomes non-empty, for HTTP/1 connections
+// taken over after the headers (conn set). Either takes everything queued
+// at once and writes it with a single system call where it fits.
 type subscriber struct {
 	channel string
 	ch      *channel // set by subscribe
@@ -63,6 +70,17 @@ type subscriber struct {
 	dropped     dropReason
 	// interrupt, when set, makes a write blocked on the client return.
 	interrupt func()
+
+	// conn is the connection taken over from net/http, nil while the
+	// stream is served by its handler.
+	conn *takenConn
+	// scheduled is set, for a taken-over connection, while one writer owns
+	// the subscriber: from the moment it is handed to the writers until a
+	// writer finds nothing left to write. It keeps writes to the connection
+	// one at a time and in order.
+	scheduled bool
+	// headWritten is how much of queue[0] a writer has already taken.
+	headWritten int
 }
 
 // setInterrupt sets what a drop calls to stop a blocked write.
@@ -87,6 +105,7 @@ type enqueueOutcome int
 
 const (
 	enqueued    enqueueOutcome = iota
+	toSchedule                 // queued for a taken-over connection no writer owns: hand it to one
 	overflowed                 // the queue was full: the subscriber is dropped now
 	alreadyGone                // the subscriber had been dropped before
 )
@@ -109,6 +128,15 @@ func (s *subscriber) enqueue(frame []byte) enqueueOutcome {
 	}
 	s.queue = append(s.queue, frame)
 	s.queuedBytes += len(frame)
+	if s.conn != nil {
+		outcome := enqueued
+		if !s.scheduled {
+			s.scheduled = true
+			outcome = toSchedule
+		}
+		s.mu.Unlock()
+		return outcome
+	}
 	s.mu.Unlock()
 
 	select {
@@ -150,12 +178,48 @@ func (s *subscriber) dropLocked(reason dropReason) bool {
 		// timeout.
 		s.queue = nil
 		s.queuedBytes = 0
+		s.headWritten = 0
 		if s.interrupt != nil {
 			s.interrupt()
 		}
 	}
 	close(s.gone)
+	if s.conn != nil && !s.scheduled {
+		// A writer closes the connection and ends the stream; one that
+		// owns the subscriber now finds the drop when it is done.
+		s.scheduled = true
+		s.conn.writers.scheduleOne(s)
+	}
 	return true
+}
+
+// takeLocked appends queued bytes to buf, up to limit bytes in all, and
+// removes them from the queue: a frame that does not fit whole is taken in
+// part, and the rest is taken next time.
+func (s *subscriber) takeLocked(buf []byte, limit int) []byte {
+	consumed := 0
+	for _, frame := range s.queue {
+		rest := frame[s.headWritten:]
+		room := limit - len(buf)
+		if room <= 0 {
+			break
+		}
+		if len(rest) > room {
+			buf = append(buf, rest[:room]...)
+			s.headWritten += room
+			break
+		}
+		buf = append(buf, rest...)
+		s.headWritten = 0
+		s.queuedBytes -= len(frame)
+		consumed++
+	}
+	if consumed > 0 {
+		kept := copy(s.queue, s.queue[consumed:])
+		clear(s.queue[kept:])
+		s.queue = s.queue[:kept]
+	}
+	return buf
 }
 
 // dropReason returns why the subscriber was dropped, or notDropped.

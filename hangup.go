@@ -1,0 +1,50 @@
+package ssebroadcast
+
+import (
+	"net"
+	"syscall"
+)
+
+// hangupRegistration is a connection's place with the hang-up watcher;
+// cancel ends it, and is safe to call more than once.
+type hangupRegistration struct {
+	cancel func()
+}
+
+// watchByReading is the hang-up watch for a connection without a socket
+// the watcher can poll: a goroutine that reads until the client closes the
+// connection, or until end closes it. Bytes a client sends on an event
+// stream mean nothing and are discarded.
+func watchByReading(conn net.Conn, s *subscriber, onHangup func(*subscriber)) hangupRegistration {
+	go func() {
+		var discard [512]byte
+		for {
+			if _, err := conn.Read(discard[:]); err != nil {
+				onHangup(s)
+				return
+			}
+		}
+	}()
+	// Closing the connection ends the read.
+	return hangupRegistration{cancel: func() {}}
+}
+
+// socketOf returns the socket under conn, looking through wrappers such as
+// *tls.Conn, or nil.
+func socketOf(conn net.Conn) syscall.RawConn {
+	for conn != nil {
+		if sc, ok := conn.(syscall.Conn); ok {
+			raw, err := sc.SyscallConn()
+			if err != nil {
+				return nil
+			}
+			return raw
+		}
+		wrapper, ok := conn.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
+		conn = wrapper.NetConn()
+	}
+	return nil
+}

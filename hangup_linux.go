@@ -1,0 +1,162 @@
+//go:build linux
+
+package ssebroadcast
+
+import (
+	"net"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// hangupWatcher tells when the clients of taken-over connections leave,
+// without a goroutine per connection: one goroutine waits on an epoll
+// instance of its own, where each connection's socket is registered for
+// the peer's hang-up only (EPOLLRDHUP, with errors and full hang-ups always
+// reported). Go's own poller keeps the socket for reads and writes; an
+// epoll registration ends by itself when the socket is closed.
+type hangupWatcher struct {
+	onHangup func(*subscriber)
+
+	mu sync.Mutex
+	// epfd and wakefd are -1 until the first watch; close closes them.
+	epfd, wakefd int
+	// watched maps each registration's token to its subscriber. Tokens are
+	// never reused, so an event for a connection that has just ended finds
+	// nothing, even if its descriptor number went to a new one.
+	watched   map[uint64]*subscriber
+	lastToken uint64
+	closed    bool
+	done      chan struct{}
+}
+
+// wakeToken marks the event that tells the watcher to stop.
+const wakeToken = 0
+
+func newHangupWatcher(onHangup func(*subscriber)) *hangupWatcher {
+	return &hangupWatcher{onHangup: onHangup, epfd: -1, wakefd: -1, watched: make(map[uint64]*subscriber)}
+}
+
+// watch calls onHangup once the client of conn closes it or the connection
+// fails. Connections without a socket to poll get a reading goroutine.
+func (w *hangupWatcher) watch(conn net.Conn, s *subscriber) hangupRegistration {
+	raw := socketOf(conn)
+	if raw == nil {
+		return watchByReading(conn, s, w.onHangup)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed || w.startLocked() != nil {
+		return watchByReading(conn, s, w.onHangup)
+	}
+	w.lastToken++
+	token := w.lastToken
+	var addErr error
+	err := raw.Control(func(fd uintptr) {
+		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLONESHOT}
+		setToken(&ev, token)
+		addErr = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+	})
+	if err == nil {
+		err = addErr
+	}
+	if err != nil {
+		return watchByReading(conn, s, w.onHangup)
+	}
+	w.watched[token] = s
+	return hangupRegistration{cancel: func() {
+		// Closing the socket removes it from the epoll instance.
+		w.mu.Lock()
+		delete(w.watched, token)
+		w.mu.Unlock()
+	}}
+}
+
+// startLocked creates the epoll instance and its goroutine on first use.
+func (w *hangupWatcher) startLocked() error {
+	if w.epfd >= 0 {
+		return nil
+	}
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	setToken(&ev, wakeToken)
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return err
+	}
+	w.epfd, w.wakefd = epfd, wakefd
+	w.done = make(chan struct{})
+	go w.run(epfd, wakefd)
+	return nil
+}
+
+func (w *hangupWatcher) run(epfd, wakefd int) {
+	defer close(w.done)
+	events := make([]unix.EpollEvent, 128)
+	var hungUp []*subscriber
+	for {
+		n, err := unix.EpollWait(epfd, events, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			// Nothing can be watched any more; streams still end on
+			// their next failed write.
+			return
+		}
+		w.mu.Lock()
+		for _, ev := range events[:n] {
+			token := tokenOf(&ev)
+			if token == wakeToken {
+				w.mu.Unlock()
+				return
+			}
+			if s := w.watched[token]; s != nil {
+				delete(w.watched, token)
+				hungUp = append(hungUp, s)
+			}
+		}
+		w.mu.Unlock()
+		for i, s := range hungUp {
+			w.onHangup(s)
+			hungUp[i] = nil
+		}
+		hungUp = hungUp[:0]
+	}
+}
+
+// close stops the watcher's goroutine. Connections still open are no longer
+// watched; the broadcaster closes it only once no config uses it.
+func (w *hangupWatcher) close() {
+	w.mu.Lock()
+	w.closed = true
+	started := w.epfd >= 0
+	w.mu.Unlock()
+	if !started {
+		return
+	}
+	var one [8]byte
+	one[0] = 1 // eventfd counters are host-endian; any non-zero value wakes
+	_, _ = unix.Write(w.wakefd, one[:])
+	<-w.done
+	unix.Close(w.epfd)
+	unix.Close(w.wakefd)
+}
+
+func setToken(ev *unix.EpollEvent, token uint64) {
+	ev.Fd = int32(uint32(token))
+	ev.Pad = int32(uint32(token >> 32))
+}
+
+func tokenOf(ev *unix.EpollEvent) uint64 {
+	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+}

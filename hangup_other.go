@@ -1,0 +1,22 @@
+//go:build !linux
+
+package ssebroadcast
+
+import "net"
+
+// hangupWatcher tells when the clients of taken-over connections leave.
+// Outside Linux it gives each connection a goroutine blocked in a read.
+type hangupWatcher struct {
+	onHangup func(*subscriber)
+}
+
+func newHangupWatcher(onHangup func(*subscriber)) *hangupWatcher {
+	return &hangupWatcher{onHangup: onHangup}
+}
+
+// watch calls onHangup once the client of conn closes it.
+func (w *hangupWatcher) watch(conn net.Conn, s *subscriber) hangupRegistration {
+	return watchByReading(conn, s, w.onHangup)
+}
+
+func (w *hangupWatcher) close() {}

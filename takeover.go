@@ -1,0 +1,85 @@
+package ssebroadcast
+
+import (
+	"errors"
+	"net/http"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// errTakenOver ends a stream's handler once its connection is taken over:
+// the stream goes on without it.
+var errTakenOver = errors.New("connection taken over")
+
+// mayTakeOver reports whether the stream of r is one the handler takes
+// over after its headers: an HTTP/1 stream, with takeover on. HTTP/2 and
+// HTTP/3 multiplex streams on a connection, which stays with the server.
+func (h *Handler) mayTakeOver(r *http.Request) bool {
+	return r.ProtoMajor == 1 && (h.Takeover == nil || *h.Takeover)
+}
+
+// takeOver takes the stream's connection from net/http, once the headers
+// and first bytes are out, and hands the stream to the broadcaster's
+// writers; from then on, the handler has returned and an idle client holds
+// no goroutine. It returns false, and the handler keeps the stream, when
+// the connection cannot be taken: the response is compressed (its bytes are
+// not the stream's own), or the server does not let go of it.
+func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscriber) bool {
+	if !h.mayTakeOver(r) || w.Header().Get("Content-Encoding") != "" {
+		return false
+	}
+	conn, buffered, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		h.logger.Debug("stream stays with the server", zap.Error(err))
+		return false
+	}
+	// What the client sent after its request means nothing to a stream;
+	// dropping the reader lets its buffer go.
+	_ = buffered
+
+	b := h.app.broadcaster
+	tc := &takenConn{
+		sub:           sub,
+		conn:          conn,
+		broadcaster:   b,
+		writers:       b.writers,
+		writeTimeout:  time.Duration(h.WriteTimeout),
+		flushInterval: time.Duration(h.FlushInterval),
+		keepAlive:     time.Duration(h.KeepAlive),
+	}
+	// Writes that must not block go to the socket itself, which only a
+	// connection that is its own socket has: writing under TLS's record
+	// layer would corrupt the stream.
+	if sc, ok := conn.(syscall.Conn); ok {
+		tc.raw, _ = sc.SyscallConn()
+	}
+	remoteAddr := r.RemoteAddr
+	tc.ended = func(reason dropReason) {
+		h.app.detach(sub)
+		h.clients.Add(-1)
+		if reason == dropSlow || reason == dropWriteTimeout {
+			h.logger.Info("disconnected client", zap.Stringer("reason", reason),
+				zap.String("channel", sub.channel), zap.String("remote_addr", remoteAddr))
+		}
+	}
+	sub.setInterrupt(func() { _ = conn.SetWriteDeadline(time.Now()) })
+	tc.hangup = b.hangups.watch(conn, sub)
+
+	if tc.keepAlive > 0 {
+		tc.keepAliveTimer = time.AfterFunc(tc.keepAlive, tc.keepAliveDue)
+	}
+
+	sub.mu.Lock()
+	tc.lastWrite = sinceClockStart()
+	sub.conn = tc
+	// Events queued, or a drop, since the first write need a writer now.
+	schedule := len(sub.queue) > 0 || sub.dropped != notDropped
+	sub.scheduled = schedule
+	sub.mu.Unlock()
+	if schedule {
+		b.writers.scheduleOne(sub)
+	}
+	return true
+}

@@ -1,0 +1,386 @@
+package ssebroadcast
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// writeLimit bounds what a writer takes from one subscriber in one go: one
+// system call's worth, so that a long backlog does not hold a writer while
+// other clients wait.
+const writeLimit = 64 << 10
+
+// writerBatch is how many subscribers a writer takes from the ready list at
+// a time: enough to make the list's lock rare, few enough to spread a
+// fan-out over the writers.
+const writerBatch = 64
+
+// writerPool writes to the connections taken over from net/http. A
+// subscriber whose queue becomes non-empty joins the ready list; up to one
+// writer goroutine per CPU takes subscribers off it, writes each one's whole
+// queue with one non-blocking system call, and exits when the list is
+// empty. An idle connection therefore costs no goroutine, and a client whose
+// events pile up while the writers are busy gets them all in one write.
+//
+// A write the client's socket cannot take at once moves to a goroutine of
+// its own, which waits for the client within the write timeout: a slow
+// client never holds a writer that others wait on.
+type writerPool struct {
+	mu      sync.Mutex
+	ready   []*subscriber
+	head    int // ready[head:] wait for a writer
+	running int
+	max     int
+
+	buffers sync.Pool // of *[]byte, writeLimit bytes each
+}
+
+func newWriterPool() *writerPool {
+	p := &writerPool{max: max(1, runtime.GOMAXPROCS(0))}
+	p.buffers.New = func() any {
+		buf := make([]byte, 0, writeLimit)
+		return &buf
+	}
+	return p
+}
+
+// schedule hands subscribers that have something to write, and that no
+// writer owns, to the writers.
+func (p *writerPool) schedule(subs []*subscriber) {
+	p.mu.Lock()
+	p.ready = append(p.ready, subs...)
+	p.startWritersLocked()
+}
+
+// scheduleOne hands one subscriber to the writers.
+func (p *writerPool) scheduleOne(s *subscriber) {
+	p.mu.Lock()
+	p.ready = append(p.ready, s)
+	p.startWritersLocked()
+}
+
+// startWritersLocked starts as many writers as the ready list can keep
+// busy, up to the limit, and unlocks p.
+func (p *writerPool) startWritersLocked() {
+	waiting := len(p.ready) - p.head
+	start := min(p.max-p.running, (waiting+writerBatch-1)/writerBatch)
+	start = max(start, 0)
+	p.running += start
+	p.mu.Unlock()
+	for range start {
+		go p.run()
+	}
+}
+
+// next returns the next batch of subscribers to write, or false once there
+// is none, when the writer exits.
+func (p *writerPool) next(batch []*subscriber) ([]*subscriber, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	waiting := len(p.ready) - p.head
+	if waiting == 0 {
+		p.running--
+		// Let go of a list grown by a large fan-out.
+		if cap(p.ready) > 4*writerBatch {
+			p.ready = nil
+		} else {
+			p.ready = p.ready[:0]
+		}
+		p.head = 0
+		return batch, false
+	}
+	n := min(waiting, writerBatch)
+	batch = append(batch[:0], p.ready[p.head:p.head+n]...)
+	clear(p.ready[p.head : p.head+n])
+	p.head += n
+	if p.head == len(p.ready) {
+		p.ready = p.ready[:0]
+		p.head = 0
+	}
+	return batch, true
+}
+
+func (p *writerPool) run() {
+	bufp := p.buffers.Get().(*[]byte)
+	defer p.buffers.Put(bufp)
+	batch := make([]*subscriber, 0, writerBatch)
+	for {
+		var ok bool
+		batch, ok = p.next(batch)
+		if !ok {
+			return
+		}
+		for _, s := range batch {
+			*bufp = s.conn.writeQueued((*bufp)[:0])
+		}
+		clear(batch)
+	}
+}
+
+// takenConn is an HTTP/1 connection taken over from net/http once its
+// response headers were sent: what remains of the response is the event
+// stream, written by the pool's writers, and it ends when the connection
+// closes.
+type takenConn struct {
+	sub         *subscriber
+	conn        net.Conn
+	broadcaster *broadcaster
+	writers     *writerPool
+	// raw is the socket, for writes that must not block; nil when the
+	// connection cannot be written that way (TLS), and every write is made
+	// by a goroutine of its own.
+	raw syscall.RawConn
+
+	writeTimeout time.Duration
+	// flushInterval, when set, is the least time between two writes;
+	// holdTimer, created on first use, ends each wait.
+	flushInterval time.Duration
+	holdTimer     *time.Timer
+	keepAlive     time.Duration
+	// keepAliveTimer sends a comment once the stream has been quiet for
+	// keepAlive; nil when keep-alives are off.
+	keepAliveTimer *time.Timer
+	// lastWrite is when a write last completed, in nanoseconds since
+	// clockStart; guarded by sub.mu.
+	lastWrite int64
+
+	// hangup is the connection's registration with the hang-up watcher.
+	hangup hangupRegistration
+
+	// ended is called once, by the writer that closes the connection, with
+	// the reason the stream ended.
+	ended func(dropReason)
+}
+
+// clockStart anchors takenConn.lastWrite on the monotonic clock.
+var clockStart = time.Now()
+
+func sinceClockStart() int64 { return int64(time.Since(clockStart)) }
+
+// writeQueued is a pool writer's turn with the connection: it writes what is
+// queued with one non-blocking system call, then either gives the
+// subscriber back to the ready list (more is queued), lets go of it (the
+// queue is empty), or hands it to a goroutine of its own (the socket is
+// full). buf is the writer's buffer, returned for reuse.
+func (tc *takenConn) writeQueued(buf []byte) []byte {
+	if tc.raw == nil {
+		go tc.writeBlocking(nil)
+		return buf
+	}
+	s := tc.sub
+	s.mu.Lock()
+	buf = s.takeLocked(buf, writeLimit)
+	if len(buf) == 0 {
+		tc.releaseLocked()
+		return buf
+	}
+	s.mu.Unlock()
+
+	n, err := tc.tryWrite(buf)
+	if err != nil {
+		tc.fail(err)
+		return buf
+	}
+	if n < len(buf) {
+		// The socket is full: wait for the client on a goroutine of its
+		// own, with a copy of what is left, since buf is the writer's.
+		go tc.writeBlocking(append([]byte(nil), buf[n:]...))
+		return buf
+	}
+	s.mu.Lock()
+	tc.lastWrite = sinceClockStart()
+	switch {
+	case s.dropped != notDropped:
+		s.mu.Unlock()
+		tc.writers.scheduleOne(s)
+	case tc.flushInterval > 0:
+		// Keep the subscriber for the interval: what is published
+		// meanwhile waits, and shares the next write.
+		s.mu.Unlock()
+		tc.hold()
+	case len(s.queue) > 0:
+		// Others wait for a writer too: take the rest in turn.
+		s.mu.Unlock()
+		tc.writers.scheduleOne(s)
+	default:
+		s.scheduled = false
+		s.mu.Unlock()
+	}
+	return buf
+}
+
+// hold keeps the subscriber, without a writer, for the flush interval.
+func (tc *takenConn) hold() {
+	if tc.holdTimer == nil {
+		tc.holdTimer = time.AfterFunc(tc.flushInterval, tc.holdOver)
+		return
+	}
+	tc.holdTimer.Reset(tc.flushInterval)
+}
+
+// holdOver ends a hold: what was queued meanwhile goes to a writer, and a
+// subscriber with nothing queued writes its next event at once.
+func (tc *takenConn) holdOver() {
+	s := tc.sub
+	s.mu.Lock()
+	if len(s.queue) == 0 && s.dropped == notDropped {
+		s.scheduled = false
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	tc.writers.scheduleOne(s)
+}
+
+// releaseLocked is called, with sub.mu held and nothing left to write, by
+// the subscriber's owner: it ends a dropped stream, or lets the subscriber
+// wait for its next event. It unlocks sub.mu.
+func (tc *takenConn) releaseLocked() {
+	s := tc.sub
+	if s.dropped != notDropped {
+		reason := s.dropped
+		s.mu.Unlock()
+		tc.end(reason)
+		return
+	}
+	s.scheduled = false
+	s.mu.Unlock()
+}
+
+// tryWrite writes as much of b as the socket takes now, without waiting.
+func (tc *takenConn) tryWrite(b []byte) (int, error) {
+	written := 0
+	var writeErr error
+	err := tc.raw.Write(func(fd uintptr) bool {
+		for written < len(b) {
+			n, err := syscall.Write(int(fd), b[written:])
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				if err != syscall.EAGAIN {
+					writeErr = os.NewSyscallError("write", err)
+				}
+				break
+			}
+			written += n
+		}
+		return true // never wait here: waiting is writeBlocking's job
+	})
+	if err == nil {
+		err = writeErr
+	}
+	return written, err
+}
+
+// writeBlocking owns the subscriber until its queue is empty, writing with
+// blocking writes bounded by the write timeout: first pending, then what is
+// queued meanwhile. A writer hands a connection over to it when the
+// client's socket is full, or for every write when the connection has no
+// socket to write to without blocking.
+func (tc *takenConn) writeBlocking(pending []byte) {
+	s := tc.sub
+	for {
+		if len(pending) > 0 {
+			if err := tc.writeWithTimeout(pending); err != nil {
+				tc.fail(err)
+				return
+			}
+		}
+		s.mu.Lock()
+		tc.lastWrite = sinceClockStart()
+		pending = s.takeLocked(pending[:0], writeLimit)
+		if len(pending) == 0 {
+			tc.releaseLocked()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// writeWithTimeout writes b whole. Each deadlineStride bytes must go out
+// within the write timeout: a client that reads steadily is not cut
+// however long the backlog, one that stops taking bytes is.
+func (tc *takenConn) writeWithTimeout(b []byte) error {
+	for len(b) > 0 {
+		piece := b[:min(len(b), deadlineStride)]
+		if tc.writeTimeout > 0 {
+			if err := tc.conn.SetWriteDeadline(time.Now().Add(tc.writeTimeout)); err != nil {
+				return fmt.Errorf("setting write deadline: %w", err)
+			}
+		}
+		if _, err := tc.conn.Write(piece); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("writing events: %w: %w", errWriteTimeout, err)
+			}
+			return fmt.Errorf("writing events: %w", err)
+		}
+		b = b[len(piece):]
+	}
+	if tc.writeTimeout > 0 {
+		// The pool's non-blocking writes fail on an expired deadline.
+		if err := tc.conn.SetWriteDeadline(time.Time{}); err != nil {
+			return fmt.Errorf("clearing write deadline: %w", err)
+		}
+	}
+	return nil
+}
+
+// fail ends the stream after a failed write: a client that did not take it
+// in time is disconnected and counted; any other failure means the client
+// left. A drop that came first (and interrupted the write) keeps its reason.
+func (tc *takenConn) fail(err error) {
+	reason := dropClientLeft
+	if errors.Is(err, errWriteTimeout) {
+		reason = dropWriteTimeout
+	}
+	tc.broadcaster.drop(tc.sub, reason)
+	tc.end(tc.sub.dropReason())
+}
+
+// end closes the connection and lets the stream go. Only the subscriber's
+// owner calls it, once.
+func (tc *takenConn) end(reason dropReason) {
+	if tc.keepAliveTimer != nil {
+		tc.keepAliveTimer.Stop()
+	}
+	tc.hangup.cancel()
+	// The response has no length: closing the connection ends it.
+	_ = tc.conn.Close()
+	tc.ended(reason)
+}
+
+// keepAliveDue runs when the stream may have been quiet for keepAlive: it
+// queues a comment if it has, and otherwise waits for the rest of the
+// interval since the last write.
+func (tc *takenConn) keepAliveDue() {
+	s := tc.sub
+	s.mu.Lock()
+	if s.dropped != notDropped {
+		s.mu.Unlock()
+		return
+	}
+	if s.scheduled || s.conn != tc {
+		// A write is on its way, or the takeover is not through yet.
+		s.mu.Unlock()
+		tc.keepAliveTimer.Reset(tc.keepAlive)
+		return
+	}
+	if quiet := time.Duration(sinceClockStart() - tc.lastWrite); quiet < tc.keepAlive {
+		s.mu.Unlock()
+		tc.keepAliveTimer.Reset(tc.keepAlive - quiet)
+		return
+	}
+	s.queue = append(s.queue, keepAliveFrames[0])
+	s.queuedBytes += len(keepAliveFrames[0])
+	s.scheduled = true
+	s.mu.Unlock()
+	tc.writers.scheduleOne(s)
+	tc.keepAliveTimer.Reset(tc.keepAlive)
+}
