@@ -20,10 +20,15 @@
 // form once (event.go); under its channel's lock it numbers the event,
 // keeps it in the channel's replay window (replay.go), and appends those
 // same bytes to the queue of every subscriber of the channel
-// (subscriber.go) without waiting on any client. Each stream's own
-// goroutine takes everything queued for it and writes it with one flush. A
-// stream that resumes with Last-Event-ID takes the events it missed from
-// the window under the same lock, so it neither misses nor doubles one.
+// (subscriber.go) without waiting on any client. Whoever writes a stream
+// takes everything queued for it and writes it with one flush: for an
+// HTTP/1 stream, which the handler takes over from net/http once its
+// headers are out (takeover.go), a small pool of shared writers with
+// non-blocking writes, and an epoll watcher that notices clients leave
+// (writer.go, hangup*.go), so that an idle client holds no goroutine; for
+// an HTTP/2 or HTTP/3 stream, its handler's goroutine. A stream that
+// resumes with Last-Event-ID takes the events it missed from the window
+// under the same lock, so it neither misses nor doubles one.
 package ssebroadcast
 
 import (

@@ -45,15 +45,12 @@ type writerPool struct {
 	running int
 	max     int
 
-	buffers sync.Pool // of *[]byte, writeLimit bytes each
+	socketWriters sync.Pool // of *socketWriter, kept between bursts
 }
 
 func newWriterPool() *writerPool {
 	p := &writerPool{max: max(1, runtime.GOMAXPROCS(0)-1)}
-	p.buffers.New = func() any {
-		buf := make([]byte, 0, writeLimit)
-		return &buf
-	}
+	p.socketWriters.New = func() any { return newSocketWriter() }
 	return p
 }
 
@@ -114,8 +111,8 @@ func (p *writerPool) next(batch []*subscriber) ([]*subscriber, bool) {
 }
 
 func (p *writerPool) run() {
-	bufp := p.buffers.Get().(*[]byte)
-	defer p.buffers.Put(bufp)
+	w := p.socketWriters.Get().(*socketWriter)
+	defer p.socketWriters.Put(w)
 	batch := make([]*subscriber, 0, writerBatch)
 	for {
 		var ok bool
@@ -124,7 +121,7 @@ func (p *writerPool) run() {
 			return
 		}
 		for _, s := range batch {
-			*bufp = s.conn.writeQueued((*bufp)[:0])
+			s.conn.writeQueued(w)
 		}
 		clear(batch)
 	}
@@ -174,31 +171,32 @@ func sinceClockStart() int64 { return int64(time.Since(clockStart)) }
 // queued with one non-blocking system call, then either gives the
 // subscriber back to the ready list (more is queued), lets go of it (the
 // queue is empty), or hands it to a goroutine of its own (the socket is
-// full). buf is the writer's buffer, returned for reuse.
-func (tc *takenConn) writeQueued(buf []byte) []byte {
+// full).
+func (tc *takenConn) writeQueued(w *socketWriter) {
 	if tc.raw == nil {
 		go tc.writeBlocking(nil)
-		return buf
+		return
 	}
 	s := tc.sub
 	s.mu.Lock()
-	buf = s.takeLocked(buf, writeLimit)
-	if len(buf) == 0 {
+	w.buf = s.takeLocked(w.buf[:0], writeLimit)
+	if len(w.buf) == 0 {
 		tc.releaseLocked()
-		return buf
+		return
 	}
 	s.mu.Unlock()
 
-	n, err := tc.tryWrite(buf)
+	n, err := w.write(tc.raw, w.buf)
 	if err != nil {
 		tc.fail(err)
-		return buf
+		return
 	}
-	if n < len(buf) {
+	if n < len(w.buf) {
 		// The socket is full: wait for the client on a goroutine of its
-		// own, with a copy of what is left, since buf is the writer's.
-		go tc.writeBlocking(append([]byte(nil), buf[n:]...))
-		return buf
+		// own, with a copy of what is left, since the buffer is the
+		// writer's.
+		go tc.writeBlocking(append([]byte(nil), w.buf[n:]...))
+		return
 	}
 	s.mu.Lock()
 	tc.lastWrite = sinceClockStart()
@@ -219,7 +217,6 @@ func (tc *takenConn) writeQueued(buf []byte) []byte {
 		s.scheduled = false
 		s.mu.Unlock()
 	}
-	return buf
 }
 
 // hold keeps the subscriber, without a writer, for the flush interval.
@@ -260,30 +257,53 @@ func (tc *takenConn) releaseLocked() {
 	s.mu.Unlock()
 }
 
-// tryWrite writes as much of b as the socket takes now, without waiting.
-func (tc *takenConn) tryWrite(b []byte) (int, error) {
-	written := 0
-	var writeErr error
-	err := tc.raw.Write(func(fd uintptr) bool {
-		for written < len(b) {
-			n, err := syscall.Write(int(fd), b[written:])
-			if err == syscall.EINTR {
-				continue
-			}
-			if err != nil {
-				if err != syscall.EAGAIN {
-					writeErr = os.NewSyscallError("write", err)
-				}
-				break
-			}
-			written += n
-		}
-		return true // never wait here: waiting is writeBlocking's job
-	})
+// socketWriter is a pool writer's means to write: its buffer, and the
+// non-blocking write into a socket, whose callback is made once per
+// writer so that a write allocates nothing.
+type socketWriter struct {
+	buf []byte
+
+	// call is writeNow as a func value; out, written and err are its
+	// argument and results.
+	call    func(fd uintptr) bool
+	out     []byte
+	written int
+	err     error
+}
+
+func newSocketWriter() *socketWriter {
+	w := &socketWriter{buf: make([]byte, 0, writeLimit)}
+	w.call = w.writeNow
+	return w
+}
+
+// write writes as much of b to raw as its socket takes now, without
+// waiting.
+func (w *socketWriter) write(raw syscall.RawConn, b []byte) (int, error) {
+	w.out, w.written, w.err = b, 0, nil
+	err := raw.Write(w.call)
 	if err == nil {
-		err = writeErr
+		err = w.err
 	}
-	return written, err
+	w.out = nil
+	return w.written, err
+}
+
+func (w *socketWriter) writeNow(fd uintptr) bool {
+	for w.written < len(w.out) {
+		n, err := syscall.Write(int(fd), w.out[w.written:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			if err != syscall.EAGAIN {
+				w.err = os.NewSyscallError("write", err)
+			}
+			break
+		}
+		w.written += n
+	}
+	return true // never wait here: waiting is writeBlocking's job
 }
 
 // writeBlocking owns the subscriber until its queue is empty, writing with
