@@ -85,8 +85,8 @@ type Handler struct {
 	// from Caddy's HTTP server once the response headers and the stream's
 	// first bytes are out. An idle client then holds no goroutine and no
 	// buffers, only its socket and a few hundred bytes, and a few shared
-	// writers, one per CPU, write to every client, each client's queued
-	// events in one system call. The response is sent without chunked
+	// writers (one fewer than CPUs) write to every client, each client's
+	// queued events in one system call. The response is sent without chunked
 	// encoding and ends when the connection closes, as the SSE spec
 	// suggests. Handlers that run after this one no longer see the stream,
 	// and the access log records it when it is taken over, not when it
@@ -96,6 +96,7 @@ type Handler struct {
 	Takeover *bool `json:"takeover,omitempty"`
 
 	app     *App
+	server  *caddyhttp.Server // nil outside an HTTP server
 	clients *atomic.Int64
 	logger  *zap.Logger
 }
@@ -141,6 +142,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// too late. The hook of the HTTP/1 and HTTP/2 server ends every stream
 	// of the config, HTTP/3 ones included.
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		h.server = srv
 		srv.RegisterOnShutdown(h.app.endStreams)
 		// Caddy's way for a handler to reach the connection.
 		srv.RegisterConnContext(func(ctx context.Context, c net.Conn) context.Context {

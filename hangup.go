@@ -1,8 +1,11 @@
 package ssebroadcast
 
 import (
+	"errors"
 	"net"
+	"os"
 	"syscall"
+	"time"
 )
 
 // hangupRegistration is a connection's place with the hang-up watcher;
@@ -19,7 +22,15 @@ func watchByReading(conn net.Conn, s *subscriber, onHangup func(*subscriber)) ha
 	go func() {
 		var discard [512]byte
 		for {
-			if _, err := conn.Read(discard[:]); err != nil {
+			_, err := conn.Read(discard[:])
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// Not the client: Caddy arms a read deadline for a
+				// request body as the handler returns.
+				if conn.SetReadDeadline(time.Time{}) == nil {
+					continue
+				}
+			}
+			if err != nil {
 				onHangup(s)
 				return
 			}

@@ -2,6 +2,7 @@ package ssebroadcast
 
 import (
 	"errors"
+	"math"
 	"net/http"
 	"syscall"
 	"time"
@@ -45,7 +46,7 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 		conn:          conn,
 		broadcaster:   b,
 		writers:       b.writers,
-		writeTimeout:  time.Duration(h.WriteTimeout),
+		writeTimeout:  h.takenWriteTimeout(),
 		flushInterval: time.Duration(h.FlushInterval),
 		keepAlive:     time.Duration(h.KeepAlive),
 	}
@@ -67,8 +68,13 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 	sub.setInterrupt(func() { _ = conn.SetWriteDeadline(time.Now()) })
 	tc.hangup = b.hangups.watch(conn, sub)
 
+	// The timers exist before the stream is handed over, unarmed, so that
+	// whoever arms them finds them set.
 	if tc.keepAlive > 0 {
-		tc.keepAliveTimer = time.AfterFunc(tc.keepAlive, tc.keepAliveDue)
+		tc.keepAliveTimer = time.AfterFunc(unarmed, tc.keepAliveDue)
+	}
+	if tc.flushInterval > 0 {
+		tc.holdTimer = time.AfterFunc(unarmed, tc.holdOver)
 	}
 
 	sub.mu.Lock()
@@ -81,5 +87,25 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 	if schedule {
 		b.writers.scheduleOne(sub)
 	}
+	if tc.keepAliveTimer != nil {
+		tc.keepAliveTimer.Reset(tc.keepAlive)
+	}
 	return true
+}
+
+// unarmed is the delay of a timer made before it is first armed.
+const unarmed = time.Duration(math.MaxInt64)
+
+// takenWriteTimeout is how long a write to a taken-over connection may
+// stall: write_timeout, or with it off the server's write_idle timeout,
+// which bounds a stream that stays with the server and which net/http no
+// longer applies once the connection is taken over.
+func (h *Handler) takenWriteTimeout() time.Duration {
+	if h.WriteTimeout > 0 {
+		return time.Duration(h.WriteTimeout)
+	}
+	if h.server != nil && h.server.WriteIdleTimeout > 0 {
+		return time.Duration(h.server.WriteIdleTimeout)
+	}
+	return 0
 }

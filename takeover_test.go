@@ -179,3 +179,141 @@ func TestLargeEventsReachATakenOverStreamWhole(t *testing.T) {
 		require.Equal(t, payloads[i], ev.Data, "event %d", i)
 	}
 }
+
+// A handler that wraps this one and puts its write deadline back as it
+// unwinds (timeouts), after the takeover, does not cut the stream: it
+// outlives the server's write_idle timeout many times over.
+func TestATakenOverStreamOutlivesTheTimeoutsHandler(t *testing.T) {
+	ts := startCaddy(t, `{
+	{GLOBAL}
+	servers {
+		timeouts {
+			write_idle 200ms
+		}
+	}
+}
+:{HTTP} {
+	route {
+		timeouts {
+			write_timeout 1m
+		}
+		sse_broadcast {
+			keepalive 50ms
+		}
+	}
+}`)
+	s := openStream(t, nil, ts.url("/"))
+	assert.Empty(t, s.resp.TransferEncoding, "the stream must be taken over")
+	// Twenty keep-alives take a second: five times write_idle.
+	s.raw.awaitCount(t, ": keep-alive\n\n", 20)
+	res := ts.mustBroadcast(`{"data":"still here"}`)
+	ev := s.next()
+	assert.Equal(t, "still here", ev.Data)
+	assert.Equal(t, res.ID, ev.LastEventID)
+	assert.Zero(t, ts.stats().Disconnects)
+}
+
+// With write_timeout off, a client that stopped reading is still bounded by
+// the server's write_idle timeout: a reload ends its stream, rather than
+// leaving a writer blocked on it for good.
+func TestAStalledTakenOverStreamWithoutWriteTimeoutEndsOnReload(t *testing.T) {
+	caddyfile := `{
+	{GLOBAL}
+	servers {
+		timeouts {
+			write_idle 300ms
+		}
+	}
+}
+:{HTTP} {
+	sse_broadcast {
+		write_timeout off
+		send_buffer 16KiB
+		keepalive off
+		max_queue 100000
+		max_queue_bytes 64MiB
+	}
+}`
+	ts := startCaddy(t, caddyfile)
+	stalledClient(t, ts.http, "/")
+	require.Eventually(t, func() bool { return ts.stats().Clients == 1 }, awaitTimeout, 5*time.Millisecond)
+	// Far more than the socket buffers hold: the stream's writer blocks.
+	payload := strings.Repeat("x", 64<<10)
+	for range 32 {
+		ts.mustBroadcast(fmt.Sprintf(`{"data":%q}`, payload))
+	}
+	ts.load(caddyfile)
+	require.Eventually(t, func() bool { return ts.stats().Clients == 0 }, awaitTimeout, 5*time.Millisecond,
+		"the stalled stream must end within write_idle of the reload")
+}
+
+// Taken-over streams stay whole under everything at once, on more writers
+// than this machine may have CPUs: concurrent publishers, keep-alives and
+// flush holds firing every millisecond, clients leaving mid-stream and a
+// reload. The clients that stay receive every event once, in id order;
+// every stream ends, and nothing is left behind (checked at cleanup, under
+// the race detector in CI).
+func TestTakenOverStreamsStayWholeUnderStress(t *testing.T) {
+	previous := runtime.GOMAXPROCS(4) // three writers
+	defer runtime.GOMAXPROCS(previous)
+	caddyfile := `{
+	{GLOBAL}
+}
+:{HTTP} {
+	sse_broadcast {
+		keepalive 1ms
+		flush_interval 1ms
+	}
+}`
+	ts := startCaddy(t, caddyfile)
+	const clients, leaving, publishers, perPublisher = 30, 10, 4, 100
+	streams := make([]*stream, clients)
+	results := make([]<-chan []received, clients)
+	for i := range streams {
+		streams[i] = openStream(t, nil, ts.url("/"))
+		if i >= leaving {
+			results[i] = streams[i].collect(publishers * perPublisher)
+		}
+	}
+	require.Eventually(t, func() bool { return ts.stats().Clients == clients }, awaitTimeout, 5*time.Millisecond)
+
+	failed := make(chan error, publishers)
+	for p := range publishers {
+		go func() {
+			for i := range perPublisher {
+				if res := ts.broadcast(fmt.Sprintf(`{"data":"%d %d"}`, p, i)); res.status != http.StatusOK {
+					failed <- fmt.Errorf("publisher %d, event %d: status %d: %s", p, i, res.status, res.body)
+					return
+				}
+				if p == 0 && i == perPublisher/2 {
+					for _, s := range streams[:leaving] {
+						s.close()
+					}
+				}
+			}
+			failed <- nil
+		}()
+	}
+	for range publishers {
+		require.NoError(t, <-failed)
+	}
+	for i := leaving; i < clients; i++ {
+		got := <-results[i]
+		require.Len(t, got, publishers*perPublisher, "client %d", i)
+		// Each publisher's events arrive in the order it sent them, so
+		// none is missing, doubled or out of place.
+		next := make([]int, publishers)
+		for _, r := range got {
+			var p, seq int
+			_, err := fmt.Sscanf(r.data, "%d %d", &p, &seq)
+			require.NoError(t, err, "client %d: %q", i, r.data)
+			require.Equal(t, next[p], seq, "client %d: publisher %d's events out of order", i, p)
+			next[p]++
+		}
+	}
+	ts.load(caddyfile)
+	require.Eventually(t, func() bool { return ts.stats().Clients == 0 }, awaitTimeout, 5*time.Millisecond)
+	for _, s := range streams[leaving:] {
+		s.awaitEnd()
+	}
+}

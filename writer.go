@@ -143,7 +143,7 @@ type takenConn struct {
 
 	writeTimeout time.Duration
 	// flushInterval, when set, is the least time between two writes;
-	// holdTimer, created on first use, ends each wait.
+	// holdTimer ends each wait.
 	flushInterval time.Duration
 	holdTimer     *time.Timer
 	keepAlive     time.Duration
@@ -187,6 +187,13 @@ func (tc *takenConn) writeQueued(w *socketWriter) {
 	s.mu.Unlock()
 
 	n, err := w.write(tc.raw, w.buf)
+	if reason := s.dropReason(); errors.Is(err, os.ErrDeadlineExceeded) && (reason == notDropped || reason == dropShutdown) {
+		// A deadline this stream did not set: a handler that wrapped
+		// this one (timeouts) puts its own back as it unwinds, after the
+		// takeover. writeBlocking sets the stream's own.
+		go tc.writeBlocking(append([]byte(nil), w.buf[n:]...))
+		return
+	}
 	if err != nil {
 		tc.fail(err)
 		return
@@ -201,7 +208,8 @@ func (tc *takenConn) writeQueued(w *socketWriter) {
 	s.mu.Lock()
 	tc.lastWrite = sinceClockStart()
 	switch {
-	case s.dropped != notDropped:
+	case s.dropped != notDropped || len(s.queue) > 0:
+		// Others wait for a writer too: take the rest in turn.
 		s.mu.Unlock()
 		tc.writers.scheduleOne(s)
 	case tc.flushInterval > 0:
@@ -209,10 +217,6 @@ func (tc *takenConn) writeQueued(w *socketWriter) {
 		// meanwhile waits, and shares the next write.
 		s.mu.Unlock()
 		tc.hold()
-	case len(s.queue) > 0:
-		// Others wait for a writer too: take the rest in turn.
-		s.mu.Unlock()
-		tc.writers.scheduleOne(s)
 	default:
 		s.scheduled = false
 		s.mu.Unlock()
@@ -221,10 +225,6 @@ func (tc *takenConn) writeQueued(w *socketWriter) {
 
 // hold keeps the subscriber, without a writer, for the flush interval.
 func (tc *takenConn) hold() {
-	if tc.holdTimer == nil {
-		tc.holdTimer = time.AfterFunc(tc.flushInterval, tc.holdOver)
-		return
-	}
 	tc.holdTimer.Reset(tc.flushInterval)
 }
 
@@ -324,6 +324,11 @@ func (tc *takenConn) writeBlocking(pending []byte) {
 		tc.lastWrite = sinceClockStart()
 		pending = s.takeLocked(pending[:0], writeLimit)
 		if len(pending) == 0 {
+			if s.dropped == notDropped && tc.flushInterval > 0 {
+				s.mu.Unlock()
+				tc.hold()
+				return
+			}
 			tc.releaseLocked()
 			return
 		}
@@ -337,10 +342,8 @@ func (tc *takenConn) writeBlocking(pending []byte) {
 func (tc *takenConn) writeWithTimeout(b []byte) error {
 	for len(b) > 0 {
 		piece := b[:min(len(b), deadlineStride)]
-		if tc.writeTimeout > 0 {
-			if err := tc.conn.SetWriteDeadline(time.Now().Add(tc.writeTimeout)); err != nil {
-				return fmt.Errorf("setting write deadline: %w", err)
-			}
+		if err := tc.setWriteDeadline(); err != nil {
+			return err
 		}
 		if _, err := tc.conn.Write(piece); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -350,14 +353,36 @@ func (tc *takenConn) writeWithTimeout(b []byte) error {
 		}
 		b = b[len(piece):]
 	}
-	if tc.writeTimeout > 0 {
-		// The pool's non-blocking writes fail on an expired deadline.
-		if err := tc.conn.SetWriteDeadline(time.Time{}); err != nil {
-			return fmt.Errorf("clearing write deadline: %w", err)
-		}
+	// The pool's non-blocking writes fail on an expired deadline.
+	if err := tc.conn.SetWriteDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("clearing write deadline: %w", err)
 	}
 	return nil
 }
+
+// setWriteDeadline gives the next piece of a blocking write its deadline,
+// or none when the stream has no write timeout; it is set under the
+// subscriber's lock, which a drop's interrupt takes too, so that it never
+// overwrites an interrupt.
+func (tc *takenConn) setWriteDeadline() error {
+	s := tc.sub
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dropped != notDropped && s.dropped != dropShutdown {
+		return fmt.Errorf("writing events: %w", errDropped)
+	}
+	var deadline time.Time
+	if tc.writeTimeout > 0 {
+		deadline = time.Now().Add(tc.writeTimeout)
+	}
+	if err := tc.conn.SetWriteDeadline(deadline); err != nil {
+		return fmt.Errorf("setting write deadline: %w", err)
+	}
+	return nil
+}
+
+// errDropped ends a write to a stream dropped meanwhile.
+var errDropped = errors.New("stream dropped")
 
 // fail ends the stream after a failed write: a client that did not take it
 // in time is disconnected and counted; any other failure means the client
@@ -376,6 +401,9 @@ func (tc *takenConn) fail(err error) {
 func (tc *takenConn) end(reason dropReason) {
 	if tc.keepAliveTimer != nil {
 		tc.keepAliveTimer.Stop()
+	}
+	if tc.holdTimer != nil {
+		tc.holdTimer.Stop()
 	}
 	tc.hangup.cancel()
 	// The response has no length: closing the connection ends it.
