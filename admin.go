@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -49,6 +50,8 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/sse/broadcast", Handler: caddy.AdminHandlerFunc(a.handleBroadcast)},
 		{Pattern: "/sse/stats", Handler: caddy.AdminHandlerFunc(a.handleStats)},
+		{Pattern: "/sse/clients", Handler: caddy.AdminHandlerFunc(a.handleClients)},
+		{Pattern: "/sse/clients/", Handler: caddy.AdminHandlerFunc(a.handleClient)},
 	}
 }
 
@@ -59,6 +62,7 @@ type broadcastRequest struct {
 	ID      string          `json:"id"`
 	Retry   json.RawMessage `json:"retry"`
 	Channel string          `json:"channel"`
+	Client  string          `json:"client"`
 }
 
 func (a *AdminAPI) handleBroadcast(w http.ResponseWriter, r *http.Request) error {
@@ -84,6 +88,9 @@ func (a *AdminAPI) handleBroadcast(w http.ResponseWriter, r *http.Request) error
 		return apiError(http.StatusBadRequest, err)
 	}
 	results, err := a.app.BroadcastBatch(r.Context(), events)
+	if errors.Is(err, errUnknownClient) {
+		return apiError(http.StatusNotFound, err)
+	}
 	if err != nil {
 		return apiError(http.StatusBadRequest, err)
 	}
@@ -99,6 +106,53 @@ func (a *AdminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use GET", r.Method))
 	}
 	return writeJSON(w, a.app.Stats())
+}
+
+// handleClients lists the connected clients: GET /sse/clients, optionally
+// ?channel=<name>.
+func (a *AdminAPI) handleClients(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use GET", r.Method))
+	}
+	channel := r.URL.Query().Get("channel")
+	return writeJSON(w, struct {
+		Clients []ClientInfo `json:"clients"`
+	}{a.app.broadcaster.clientList(channel)})
+}
+
+// handleClient serves one client: GET /sse/clients/{id} describes it,
+// DELETE disconnects it.
+func (a *AdminAPI) handleClient(w http.ResponseWriter, r *http.Request) error {
+	id := strings.TrimPrefix(r.URL.Path, "/sse/clients/")
+	if r.Method != http.MethodGet && r.Method != http.MethodDelete {
+		w.Header().Set("Allow", "GET, DELETE")
+		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use GET or DELETE", r.Method))
+	}
+	if !validClientID(id) {
+		return apiError(http.StatusNotFound, fmt.Errorf("%w %q: client ids are 26 characters of A-Z and 2-7", errUnknownClient, id))
+	}
+	b := a.app.broadcaster
+	if r.Method == http.MethodGet {
+		s, err := b.client(id, "")
+		if err != nil {
+			return apiError(http.StatusNotFound, err)
+		}
+		for _, info := range b.clientList(s.channel) {
+			if info.ID == id {
+				return writeJSON(w, info)
+			}
+		}
+		return apiError(http.StatusNotFound, fmt.Errorf("%w %q: the client has just left", errUnknownClient, id))
+	}
+	s, err := b.kick(id)
+	if err != nil {
+		return apiError(http.StatusNotFound, err)
+	}
+	return writeJSON(w, struct {
+		Disconnected string `json:"disconnected"`
+		Channel      string `json:"channel"`
+	}{s.id, s.channel})
 }
 
 // requireJSON accepts an application/json body only. Besides saying what the
@@ -165,7 +219,7 @@ func decodeBroadcast(body []byte) (events []Event, batch bool, err error) {
 
 // toEvent turns the request's loosely typed fields into an Event.
 func (req *broadcastRequest) toEvent() (Event, error) {
-	ev := Event{Channel: req.Channel, Type: req.Event, ID: req.ID}
+	ev := Event{Channel: req.Channel, Type: req.Event, ID: req.ID, Client: req.Client}
 
 	data, err := dataText(req.Data)
 	if err != nil {

@@ -1,7 +1,10 @@
 package ssebroadcast
 
 import (
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +23,10 @@ type broadcaster struct {
 	mu       sync.RWMutex
 	channels map[string]*channel
 
+	// clientsMu guards clients, every connected subscriber by its id.
+	clientsMu sync.RWMutex
+	clients   map[string]*subscriber
+
 	// lastSeq is the last sequence number handed out, over all channels:
 	// one sequence keeps ids strictly increasing within every channel even
 	// when an idle channel is removed and later made anew.
@@ -28,7 +35,7 @@ type broadcaster struct {
 	limits      atomic.Pointer[replayLimits]
 	windowBytes atomic.Int64 // over all channels
 
-	clients     atomic.Int64
+	connected   atomic.Int64
 	published   atomic.Uint64
 	deliveries  atomic.Uint64
 	replayed    atomic.Uint64
@@ -67,6 +74,7 @@ type channel struct {
 func newBroadcaster(limits replayLimits) *broadcaster {
 	b := &broadcaster{
 		channels:    make(map[string]*channel),
+		clients:     make(map[string]*subscriber),
 		writers:     newWriterPool(),
 		stopJanitor: make(chan struct{}),
 		janitorDone: make(chan struct{}),
@@ -156,6 +164,9 @@ func (b *broadcaster) subscribe(s *subscriber, lastEventID string, resume bool) 
 	s.index = len(ch.subscribers)
 	ch.subscribers = append(ch.subscribers, s)
 	s.ch = ch
+	b.clientsMu.Lock()
+	b.clients[s.id] = s
+	b.clientsMu.Unlock()
 }
 
 // unsubscribe removes s from its channel, and the channel once it is idle.
@@ -164,6 +175,9 @@ func (b *broadcaster) unsubscribe(s *subscriber) {
 	if ch == nil {
 		return
 	}
+	b.clientsMu.Lock()
+	delete(b.clients, s.id)
+	b.clientsMu.Unlock()
 	ch.mu.Lock()
 	last := len(ch.subscribers) - 1
 	moved := ch.subscribers[last]
@@ -203,17 +217,40 @@ func (b *broadcaster) publish(events []Event) ([]Result, error) {
 			return nil, err
 		}
 	}
+	// Every addressed client must be connected before any event goes.
+	targets := make([]*subscriber, len(events))
+	for i := range events {
+		if events[i].Client == "" {
+			continue
+		}
+		target, err := b.client(events[i].Client, events[i].Channel)
+		if err != nil {
+			if len(events) > 1 {
+				return nil, fmt.Errorf("event %d: %w", i, err)
+			}
+			return nil, err
+		}
+		targets[i] = target
+	}
 	results := make([]Result, len(events))
 	for i := range events {
 		ev := events[i]
 		prep := preparedEvent{channel: ev.channelName(), id: ev.ID}
+		if targets[i] != nil {
+			prep.channel = targets[i].channel
+		}
 		if ev.ID == "" {
 			// Encode with a placeholder of the assigned id's width, so
 			// that fanOut only has to write the digits in place.
 			ev.ID = seqPlaceholder
 		}
 		prep.frame = ev.encode(make([]byte, 0, ev.encodedSize()))
-		clients := b.fanOut(&prep)
+		var clients int
+		if targets[i] != nil {
+			clients = b.sendTo(targets[i], &prep)
+		} else {
+			clients = b.fanOut(&prep)
+		}
 		results[i] = Result{Channel: prep.channel, ID: prep.id, Clients: clients}
 	}
 	return results, nil
@@ -280,6 +317,109 @@ func (b *broadcaster) fanOut(ev *preparedEvent) int {
 		b.removeIfIdle(ch)
 	}
 	return queued
+}
+
+// errUnknownClient is returned for an event addressed to a client that is
+// not connected.
+var errUnknownClient = errors.New("unknown client")
+
+// client returns the connected client with the given id; with channel set,
+// the client must be on that channel.
+func (b *broadcaster) client(id, channel string) (*subscriber, error) {
+	b.clientsMu.RLock()
+	s := b.clients[id]
+	b.clientsMu.RUnlock()
+	if s == nil {
+		return nil, fmt.Errorf("%w %q: no such client is connected", errUnknownClient, id)
+	}
+	if channel != "" && channel != s.channel {
+		return nil, fmt.Errorf("%w %q on channel %q: the client is on another channel", errUnknownClient, id, channel)
+	}
+	return s, nil
+}
+
+// sendTo numbers the event and queues it for one subscriber, in order with
+// its channel's events; it is not kept for replay. It returns 1 if the
+// event was queued, 0 if the client had left meanwhile.
+func (b *broadcaster) sendTo(s *subscriber, ev *preparedEvent) int {
+	b.published.Add(1)
+	ch := b.lockChannel(ev.channel, false)
+	seq := b.nextSeq(time.Now())
+	if ev.id == "" {
+		appendSeq(ev.frame[idDigitsAt:idDigitsAt], seq)
+		ev.id = string(ev.frame[idDigitsAt : idDigitsAt+seqDigits])
+	}
+	if ch == nil {
+		return 0
+	}
+	defer ch.mu.Unlock()
+	if s.ch != ch || s.index >= len(ch.subscribers) || ch.subscribers[s.index] != s {
+		return 0 // it left
+	}
+	switch s.enqueue(ev.frame) {
+	case toSchedule:
+		b.writers.scheduleOne(s)
+	case overflowed:
+		b.disconnects[dropSlow].Add(1)
+		return 0
+	case alreadyGone:
+		return 0
+	}
+	b.deliveries.Add(1)
+	return 1
+}
+
+// kick disconnects the client with the given id.
+func (b *broadcaster) kick(id string) (*subscriber, error) {
+	s, err := b.client(id, "")
+	if err != nil {
+		return nil, err
+	}
+	b.drop(s, dropKicked)
+	return s, nil
+}
+
+// ClientInfo describes one connected client, as GET /sse/clients lists it.
+type ClientInfo struct {
+	// ID names the client in the admin API and in its greeting.
+	ID string `json:"id"`
+	// Channel is the channel the client receives.
+	Channel string `json:"channel"`
+	// RemoteAddr is the client's address, as the server saw it.
+	RemoteAddr string `json:"remote_addr"`
+	// ConnectedSince is when the stream opened.
+	ConnectedSince time.Time `json:"connected_since"`
+	// Queued is the number of events waiting to be written to it.
+	Queued int `json:"queued"`
+	// Sent is the number of events written to it or on their way.
+	Sent int `json:"sent"`
+}
+
+// clientList returns the connected clients, of one channel if channel is
+// set, oldest first.
+func (b *broadcaster) clientList(channel string) []ClientInfo {
+	b.clientsMu.RLock()
+	subs := make([]*subscriber, 0, len(b.clients))
+	for _, s := range b.clients {
+		if channel == "" || s.channel == channel {
+			subs = append(subs, s)
+		}
+	}
+	b.clientsMu.RUnlock()
+	list := make([]ClientInfo, len(subs))
+	for i, s := range subs {
+		s.mu.Lock()
+		list[i] = ClientInfo{ID: s.id, Channel: s.channel, RemoteAddr: s.remoteAddr,
+			ConnectedSince: s.since, Queued: len(s.queue), Sent: s.sent}
+		s.mu.Unlock()
+	}
+	slices.SortFunc(list, func(a, b ClientInfo) int {
+		if c := a.ConnectedSince.Compare(b.ConnectedSince); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return list
 }
 
 // nextSeq hands out the next sequence number.
@@ -387,6 +527,8 @@ type DisconnectStats struct {
 	WriteTimeout uint64 `json:"write_timeout"`
 	// Shutdown counts streams ended by a config reload or Caddy stopping.
 	Shutdown uint64 `json:"shutdown"`
+	// Kicked counts clients disconnected through the admin API.
+	Kicked uint64 `json:"kicked"`
 }
 
 func (b *broadcaster) stats() Stats {
@@ -401,6 +543,7 @@ func (b *broadcaster) stats() Stats {
 			Slow:         b.disconnects[dropSlow].Load(),
 			WriteTimeout: b.disconnects[dropWriteTimeout].Load(),
 			Shutdown:     b.disconnects[dropShutdown].Load(),
+			Kicked:       b.disconnects[dropKicked].Load(),
 		},
 	}
 	b.mu.RLock()

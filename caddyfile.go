@@ -42,6 +42,7 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	    send_buffer     <size> | off      # kernel send buffer of HTTP/1.1 streams; default 64KiB
 //	    flush_interval  <duration>        # least time between writes to a client; default 0
 //	    takeover        on | off          # take HTTP/1 connections over after the headers; default on
+//	    greeting                          # open with a "connected" event naming the client's id
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -114,6 +115,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.SendBuffer = int(min(size, math.MaxInt))
+		case "greeting":
+			h.Greeting = true
 		case "takeover":
 			if !d.NextArg() {
 				return d.ArgErr()

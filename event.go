@@ -35,6 +35,13 @@ type Event struct {
 	// Retry, when not nil, is sent as the "retry:" field in whole
 	// milliseconds: the delay a browser waits before it reconnects.
 	Retry *time.Duration
+
+	// Client, when set, sends the event to that one client only (its id,
+	// as GET /sse/clients and the greeting give it) rather than to every
+	// client of the channel. It is not kept for replay: no other client
+	// may receive it. Channel may then be left empty; if set, it must be
+	// the client's.
+	Client string
 }
 
 // Result says what became of one published event.
@@ -87,6 +94,9 @@ func (ev *Event) validate() error {
 	}
 	if ev.Retry != nil && *ev.Retry < 0 {
 		return &FieldError{Field: "retry", Reason: "must not be negative"}
+	}
+	if ev.Client != "" && !validClientID(ev.Client) {
+		return &FieldError{Field: "client", Reason: "is not a client id: ids are 26 characters of A-Z and 2-7"}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package ssebroadcast
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -80,6 +81,13 @@ type Handler struct {
 	// after the several megabytes the kernel would otherwise allow. A
 	// negative value leaves the kernel's own sizing. Default: 64 KiB.
 	SendBuffer int `json:"send_buffer,omitempty"`
+
+	// Greeting, when set, opens each stream with a "connected" event whose
+	// data is {"client":"<id>","channel":"<channel>"}: the client's id, by
+	// which the admin API lists it, sends to it alone and disconnects it.
+	// The event has no id field, so it does not move the client's
+	// Last-Event-ID. Default: false.
+	Greeting bool `json:"greeting,omitempty"`
 
 	// Takeover, on by default, takes each HTTP/1 stream's connection over
 	// from Caddy's HTTP server once the response headers and the stream's
@@ -243,7 +251,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}()
 
-	opts := streamOptions{maxQueue: h.MaxQueue, maxQueueBytes: h.MaxQueueBytes}
+	opts := streamOptions{maxQueue: h.MaxQueue, maxQueueBytes: h.MaxQueueBytes, remoteAddr: r.RemoteAddr}
 	opts.lastEventID, opts.resume = lastEventID(r)
 	sub, err := h.app.attach(channel, opts)
 	if errors.Is(err, errStopping) {
@@ -329,11 +337,18 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	// open: handlers that wrap the response, such as encode, hold the
 	// headers back until the first write. What the client missed while
 	// away follows in the same flush.
-	frames := append([][]byte{h.openingLine()}, sub.replay...)
+	frames := [][]byte{h.openingLine()}
+	if h.Greeting {
+		frames = append(frames, greeting(sub))
+	}
+	frames = append(frames, sub.replay...)
 	sub.replay = nil
 	if err := out.write(frames); err != nil {
 		return h.writeFailed(sub, r, err)
 	}
+	sub.mu.Lock()
+	sub.sent += len(frames) - 1 // the opening line is no event
+	sub.mu.Unlock()
 	if h.takeOver(w, r, sub) {
 		return errTakenOver
 	}
@@ -428,7 +443,7 @@ func (h *Handler) writeFailed(sub *subscriber, r *http.Request, err error) error
 
 // logDisconnect logs, once per stream, that the server cut a client.
 func (h *Handler) logDisconnect(sub *subscriber, r *http.Request, reason dropReason) {
-	h.logger.Info("disconnected client", zap.Stringer("reason", reason),
+	h.logger.Info("disconnected client", zap.Stringer("reason", reason), zap.String("client", sub.id),
 		zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
 }
 
@@ -446,6 +461,16 @@ func (h *Handler) writeHeader(w http.ResponseWriter, r *http.Request) {
 		hdr.Set("Transfer-Encoding", "identity")
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// greeting is the "connected" event that tells a client its id.
+func greeting(sub *subscriber) []byte {
+	data, _ := json.Marshal(struct {
+		Client  string `json:"client"`
+		Channel string `json:"channel"`
+	}{sub.id, sub.channel}) // strings always marshal
+	ev := Event{Type: "connected", Data: string(data)}
+	return ev.encode(make([]byte, 0, ev.encodedSize()))
 }
 
 // keepAliveFrames is a comment line: clients ignore it, proxies see traffic.

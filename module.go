@@ -241,22 +241,24 @@ type streamOptions struct {
 	// resume is set when the client gave a Last-Event-ID.
 	resume      bool
 	lastEventID string
+	remoteAddr  string
 }
 
 // attach subscribes a new stream to channel.
 func (a *App) attach(channel string, opts streamOptions) (*subscriber, error) {
 	b := a.broadcaster
-	if n := b.clients.Add(1); a.MaxClients > 0 && n > int64(a.MaxClients) {
-		b.clients.Add(-1)
+	if n := b.connected.Add(1); a.MaxClients > 0 && n > int64(a.MaxClients) {
+		b.connected.Add(-1)
 		b.rejected.Add(1)
 		return nil, errTooManyClients
 	}
 	s := newSubscriber(channel, opts.maxQueue, opts.maxQueueBytes)
+	s.remoteAddr = opts.remoteAddr
 	cs := a.streams
 	cs.mu.Lock()
 	if cs.stopping {
 		cs.mu.Unlock()
-		b.clients.Add(-1)
+		b.connected.Add(-1)
 		return nil, errStopping
 	}
 	cs.open[s] = struct{}{}
@@ -268,7 +270,7 @@ func (a *App) attach(channel string, opts streamOptions) (*subscriber, error) {
 // detach removes a stream that has ended.
 func (a *App) detach(s *subscriber) {
 	a.broadcaster.unsubscribe(s)
-	a.broadcaster.clients.Add(-1)
+	a.broadcaster.connected.Add(-1)
 	a.streams.mu.Lock()
 	delete(a.streams.open, s)
 	a.streams.mu.Unlock()

@@ -1,7 +1,9 @@
 package ssebroadcast
 
 import (
+	"crypto/rand"
 	"sync"
+	"time"
 )
 
 // Default bounds of a subscriber's queue. A client that falls this far behind
@@ -21,6 +23,7 @@ const (
 	dropWriteTimeout            // a write to it did not finish in time
 	dropShutdown                // the server or the config is stopping
 	dropClientLeft              // the client closed its connection; not counted
+	dropKicked                  // DELETE /sse/clients/{id}
 	numDropReasons
 )
 
@@ -34,6 +37,8 @@ func (r dropReason) String() string {
 		return "shutdown"
 	case dropClientLeft:
 		return "client_left"
+	case dropKicked:
+		return "kicked"
 	}
 	return "none"
 }
@@ -46,9 +51,13 @@ func (r dropReason) String() string {
 // taken over after the headers (conn set). Either takes everything queued
 // at once and writes it with a single system call where it fits.
 type subscriber struct {
-	channel string
-	ch      *channel // set by subscribe
-	index   int      // in ch.subscribers, guarded by ch.mu
+	// id names the client in the admin API and the greeting.
+	id         string
+	channel    string
+	remoteAddr string
+	since      time.Time
+	ch         *channel // set by subscribe
+	index      int      // in ch.subscribers, guarded by ch.mu
 
 	// replay holds the events the stream missed before it connected; the
 	// stream writes them before anything queued.
@@ -67,6 +76,8 @@ type subscriber struct {
 	mu          sync.Mutex
 	queue       [][]byte
 	queuedBytes int
+	// sent counts the events taken for writing, keep-alives aside.
+	sent        int
 	dropped     dropReason
 	// interrupt, when set, makes a write blocked on the client return.
 	interrupt func()
@@ -92,6 +103,8 @@ func (s *subscriber) setInterrupt(interrupt func()) {
 
 func newSubscriber(channel string, maxEvents, maxBytes int) *subscriber {
 	return &subscriber{
+		id:        rand.Text(),
+		since:     time.Now(),
 		channel:   channel,
 		maxEvents: maxEvents,
 		maxBytes:  maxBytes,
@@ -154,6 +167,7 @@ func (s *subscriber) take(spare [][]byte) [][]byte {
 	frames := s.queue
 	s.queue = spare[:0]
 	s.queuedBytes = 0
+	s.sent += len(frames)
 	s.mu.Unlock()
 	return frames
 }
@@ -213,6 +227,9 @@ func (s *subscriber) takeLocked(buf []byte, limit int) []byte {
 		s.headWritten = 0
 		s.queuedBytes -= len(frame)
 		consumed++
+		if !isKeepAlive(frame) {
+			s.sent++
+		}
 	}
 	if consumed > 0 {
 		kept := copy(s.queue, s.queue[consumed:])
@@ -227,4 +244,24 @@ func (s *subscriber) dropReason() dropReason {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.dropped
+}
+
+// isKeepAlive reports whether frame is the shared keep-alive comment.
+func isKeepAlive(frame []byte) bool {
+	return len(frame) > 0 && &frame[0] == &keepAliveFrames[0][0]
+}
+
+// validClientID reports whether id has the form of the ids newSubscriber
+// gives: crypto/rand.Text's 26 characters of the base32 alphabet. Checking
+// the form keeps any other text out of logs and lookups.
+func validClientID(id string) bool {
+	if len(id) != 26 {
+		return false
+	}
+	for i := range len(id) {
+		if c := id[i]; (c < 'A' || c > 'Z') && (c < '2' || c > '7') {
+			return false
+		}
+	}
+	return true
 }

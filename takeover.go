@@ -56,13 +56,12 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 	if sc, ok := conn.(syscall.Conn); ok {
 		tc.raw, _ = sc.SyscallConn()
 	}
-	remoteAddr := r.RemoteAddr
 	tc.ended = func(reason dropReason) {
 		h.app.detach(sub)
 		h.clients.Add(-1)
-		if reason == dropSlow || reason == dropWriteTimeout {
-			h.logger.Info("disconnected client", zap.Stringer("reason", reason),
-				zap.String("channel", sub.channel), zap.String("remote_addr", remoteAddr))
+		if reason == dropSlow || reason == dropWriteTimeout || reason == dropKicked {
+			h.logger.Info("disconnected client", zap.Stringer("reason", reason), zap.String("client", sub.id),
+				zap.String("channel", sub.channel), zap.String("remote_addr", sub.remoteAddr))
 		}
 	}
 	sub.setInterrupt(func() { _ = conn.SetWriteDeadline(time.Now()) })

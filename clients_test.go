@@ -1,0 +1,157 @@
+package ssebroadcast
+
+// Tests of clients as objects: ids, the greeting, listing, sending to one
+// client, disconnecting one.
+
+import (
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const clientsCaddyfile = `{
+	{GLOBAL}
+}
+:{HTTP} {
+	sse_broadcast {query.channel} {
+		greeting
+		keepalive off
+	}
+}`
+
+// greeted opens a stream and returns it with the id its greeting names.
+func greeted(t *testing.T, ts *testServer, channel string) (*stream, string) {
+	t.Helper()
+	s := openStream(t, nil, ts.url("/?channel="+channel))
+	ev := s.next()
+	require.Equal(t, "connected", ev.Type)
+	var hello struct{ Client, Channel string }
+	require.NoError(t, json.Unmarshal([]byte(ev.Data), &hello), "greeting data %q", ev.Data)
+	require.Equal(t, channel, hello.Channel)
+	require.Len(t, hello.Client, 26)
+	assert.Empty(t, ev.LastEventID, "the greeting must not move Last-Event-ID")
+	return s, hello.Client
+}
+
+type clientList struct {
+	Clients []ClientInfo `json:"clients"`
+}
+
+func (ts *testServer) clients(query string) clientList {
+	ts.t.Helper()
+	res := ts.adminRequest(http.MethodGet, "/sse/clients"+query, "", nil)
+	require.Equal(ts.t, http.StatusOK, res.status, "%s", res.body)
+	var list clientList
+	require.NoError(ts.t, json.Unmarshal(res.body, &list))
+	return list
+}
+
+func TestGreetingNamesTheClientAndTheListShowsIt(t *testing.T) {
+	ts := startCaddy(t, clientsCaddyfile)
+	before := time.Now()
+	_, alice := greeted(t, ts, "room-a")
+	_, bob := greeted(t, ts, "room-b")
+	require.NotEqual(t, alice, bob)
+
+	all := ts.clients("")
+	require.Len(t, all.Clients, 2)
+	assert.Equal(t, alice, all.Clients[0].ID, "oldest first")
+	assert.Equal(t, "room-a", all.Clients[0].Channel)
+	assert.Equal(t, bob, all.Clients[1].ID)
+	assert.Contains(t, all.Clients[0].RemoteAddr, "127.0.0.1:")
+	assert.False(t, all.Clients[0].ConnectedSince.Before(before.Truncate(time.Second)))
+
+	roomB := ts.clients("?channel=room-b")
+	require.Len(t, roomB.Clients, 1)
+	assert.Equal(t, bob, roomB.Clients[0].ID)
+	assert.Empty(t, ts.clients("?channel=nobody").Clients)
+
+	one := ts.adminRequest(http.MethodGet, "/sse/clients/"+alice, "", nil)
+	require.Equal(t, http.StatusOK, one.status)
+	var info ClientInfo
+	require.NoError(t, json.Unmarshal(one.body, &info))
+	assert.Equal(t, alice, info.ID)
+	assert.Equal(t, 1, info.Sent, "the greeting")
+}
+
+func TestBroadcastToOneClientReachesThatClientOnly(t *testing.T) {
+	ts := startCaddy(t, clientsCaddyfile)
+	target, id := greeted(t, ts, "room")
+	other, _ := greeted(t, ts, "room")
+
+	res := ts.mustBroadcast(`{"client":"` + id + `","event":"private","data":"for you"}`)
+	assert.Equal(t, 1, res.Clients)
+	assert.Equal(t, "room", res.Channel)
+	ev := target.next()
+	assert.Equal(t, "private", ev.Type)
+	assert.Equal(t, "for you", ev.Data)
+	assert.Equal(t, res.ID, ev.LastEventID)
+
+	// The other client's next event is the channel's, not the private one.
+	ts.mustBroadcast(`{"channel":"room","data":"for all"}`)
+	assert.Equal(t, "for all", other.next().Data)
+	assert.Equal(t, "for all", target.next().Data)
+
+	// Naming the client's own channel too is fine.
+	assert.Equal(t, 1, ts.mustBroadcast(`{"client":"`+id+`","channel":"room","data":"again"}`).Clients)
+	assert.Equal(t, "again", target.next().Data)
+}
+
+func TestBroadcastToAnUnknownClientIs404AndSendsNothing(t *testing.T) {
+	ts := startCaddy(t, clientsCaddyfile)
+	s, id := greeted(t, ts, "room")
+	gone := "AAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+	tests := []struct {
+		name, body string
+		status     int
+		message    string
+	}{
+		{"unknown client", `{"client":"` + gone + `","data":"x"}`, http.StatusNotFound, "no such client"},
+		{"client on another channel", `{"client":"` + id + `","channel":"hall","data":"x"}`, http.StatusNotFound, "another channel"},
+		{"unknown client in a batch", `[{"channel":"room","data":"x"},{"client":"` + gone + `","data":"x"}]`, http.StatusNotFound, "event 1"},
+		{"malformed client id", `{"client":"bob\nevent: x","data":"x"}`, http.StatusBadRequest, `field "client"`},
+		{"client id of the wrong type", `{"client":7,"data":"x"}`, http.StatusBadRequest, `field "client"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := ts.broadcast(tt.body)
+			require.Equal(t, tt.status, res.status, "%s", res.body)
+			assert.Contains(t, res.errorMessage(t), tt.message)
+		})
+	}
+	// Nothing reached the client: its next event is the sentinel.
+	ts.mustBroadcast(`{"channel":"room","data":"sentinel"}`)
+	assert.Equal(t, "sentinel", s.next().Data)
+}
+
+func TestDeletingAClientDisconnectsItAndCountsIt(t *testing.T) {
+	ts := startCaddy(t, clientsCaddyfile)
+	kicked, id := greeted(t, ts, "room")
+	stays, _ := greeted(t, ts, "room")
+
+	res := ts.adminRequest(http.MethodDelete, "/sse/clients/"+id, "", nil)
+	require.Equal(t, http.StatusOK, res.status, "%s", res.body)
+	assert.JSONEq(t, `{"disconnected":"`+id+`","channel":"room"}`, string(res.body))
+	kicked.awaitEnd()
+	require.Eventually(t, func() bool { return ts.stats().Clients == 1 }, awaitTimeout, 5*time.Millisecond)
+	assert.Equal(t, uint64(1), ts.stats().Disconnects.Kicked)
+
+	again := ts.adminRequest(http.MethodDelete, "/sse/clients/"+id, "", nil)
+	assert.Equal(t, http.StatusNotFound, again.status)
+	assert.Contains(t, again.errorMessage(t), "no such client")
+	malformed := ts.adminRequest(http.MethodDelete, "/sse/clients/..%2Fstats", "", nil)
+	assert.Equal(t, http.StatusNotFound, malformed.status)
+	post := ts.adminRequest(http.MethodPost, "/sse/clients/"+id, "application/json", []byte(`{}`))
+	assert.Equal(t, http.StatusMethodNotAllowed, post.status)
+	assert.Equal(t, "GET, DELETE", post.header.Get("Allow"))
+	list := ts.adminRequest(http.MethodDelete, "/sse/clients", "", nil)
+	assert.Equal(t, http.StatusMethodNotAllowed, list.status)
+
+	ts.mustBroadcast(`{"channel":"room","data":"still on"}`)
+	assert.Equal(t, "still on", stays.next().Data)
+}
