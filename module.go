@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -141,6 +142,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading broadcaster: %w", err)
 	}
 	a.broadcaster = val.(*broadcaster)
+	// Each config has its own registry: registering on it is what keeps
+	// the metrics across reloads.
+	if registry := ctx.GetMetricsRegistry(); registry != nil {
+		err := registry.Register(metricsCollector{broadcaster: a.broadcaster})
+		if already := (prometheus.AlreadyRegisteredError{}); err != nil && !errors.As(err, &already) {
+			return fmt.Errorf("registering metrics: %w", err)
+		}
+	}
 	return nil
 }
 

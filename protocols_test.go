@@ -2,7 +2,8 @@ package ssebroadcast
 
 // Tests that streams work over each protocol Caddy serves them on: HTTP/1.1
 // streams are taken over from the server, over plain TCP and over TLS;
-// HTTP/2 streams, over TLS and cleartext (h2c), stay with it.
+// HTTP/2 streams, over TLS and cleartext (h2c), and HTTP/3 streams, over
+// QUIC, stay with it.
 
 import (
 	"crypto/tls"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go/http3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -25,13 +27,14 @@ func TestStreamsWorkOverEveryProtocol(t *testing.T) {
 	tests := []struct {
 		name      string
 		tls       bool
-		protocols *http.Protocols
+		transport func(t *testing.T) http.RoundTripper
 		wantMajor int
 	}{
-		{"HTTP/1.1", false, nil, 1},
-		{"HTTP/1.1 over TLS", true, tlsH1, 1},
-		{"HTTP/2 over TLS", true, tlsH2, 2},
-		{"HTTP/2 cleartext", false, h2c, 2},
+		{"HTTP/1.1", false, overTCP(nil), 1},
+		{"HTTP/1.1 over TLS", true, overTCP(tlsH1), 1},
+		{"HTTP/2 over TLS", true, overTCP(tlsH2), 2},
+		{"HTTP/2 cleartext", false, overTCP(h2c), 2},
+		{"HTTP/3", true, overQUIC, 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -39,13 +42,14 @@ func TestStreamsWorkOverEveryProtocol(t *testing.T) {
 			if tt.tls {
 				scheme, site = "https", "https://127.0.0.1:{HTTP}"
 			}
+			// HTTP/3 is served on UDP, on the port of the TLS site.
 			ts := startCaddy(t, `{
 	{GLOBAL}
 	local_certs
 	skip_install_trust
 	auto_https disable_redirects
 	servers {
-		protocols h1 h2 h2c
+		protocols h1 h2 h2c h3
 	}
 }
 `+site+` {
@@ -53,14 +57,7 @@ func TestStreamsWorkOverEveryProtocol(t *testing.T) {
 		keepalive 50ms
 	}
 }`)
-			transport := &http.Transport{
-				DisableKeepAlives: true,
-				Protocols:         tt.protocols,
-				// Caddy's internal CA is not in the test's trust store.
-				TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
-			}
-			defer transport.CloseIdleConnections()
-			client := &http.Client{Transport: transport}
+			client := &http.Client{Transport: tt.transport(t)}
 			url := scheme + "://" + ts.http + "/"
 
 			s := openStream(t, client, url)
@@ -86,4 +83,31 @@ func TestStreamsWorkOverEveryProtocol(t *testing.T) {
 				"the server must notice the client left")
 		})
 	}
+}
+
+// insecureTLS is the client side of TLS in these tests: Caddy's internal CA
+// is not in the test's trust store.
+func insecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
+
+// overTCP returns a maker of HTTP/1.1 and HTTP/2 transports limited to
+// protocols (Go's default when nil), which keep no connection once the test
+// ends.
+func overTCP(protocols *http.Protocols) func(t *testing.T) http.RoundTripper {
+	return func(t *testing.T) http.RoundTripper {
+		transport := &http.Transport{
+			DisableKeepAlives: true,
+			Protocols:         protocols,
+			TLSClientConfig:   insecureTLS(),
+		}
+		t.Cleanup(transport.CloseIdleConnections)
+		return transport
+	}
+}
+
+// overQUIC returns an HTTP/3 transport that is closed, with its UDP socket
+// and connections, before the test's server stops and its leak check runs.
+func overQUIC(t *testing.T) http.RoundTripper {
+	transport := &http3.Transport{TLSClientConfig: insecureTLS()}
+	t.Cleanup(func() { assert.NoError(t, transport.Close(), "closing the HTTP/3 transport") })
+	return transport
 }

@@ -77,8 +77,8 @@ type subscriber struct {
 	queue       [][]byte
 	queuedBytes int
 	// sent counts the events taken for writing, keep-alives aside.
-	sent        int
-	dropped     dropReason
+	sent    int
+	dropped dropReason
 	// interrupt, when set, makes a write blocked on the client return.
 	interrupt func()
 
