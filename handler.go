@@ -96,9 +96,10 @@ type Handler struct {
 	// writers (one fewer than CPUs) write to every client, each client's
 	// queued events in one system call. The response is sent without chunked
 	// encoding and ends when the connection closes, as the SSE spec
-	// suggests. Handlers that run after this one no longer see the stream,
-	// and the access log records it when it is taken over, not when it
-	// ends. Streams whose response is compressed (encode), and HTTP/2 and
+	// suggests. On a server that keeps access logs, the handler stays
+	// parked (one goroutine) until the stream ends, so that the stream's
+	// entry has its real duration and events sent. Streams whose response
+	// is compressed (encode), and HTTP/2 and
 	// HTTP/3 streams, stay with the server in any case. Set false to keep
 	// every stream with the server. Default: true.
 	Takeover *bool `json:"takeover,omitempty"`
@@ -271,9 +272,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}()
 
 	h.prepareConn(r, sub)
+	// Runs before Caddy writes the access log entry, even when the
+	// stream ends in a panic that closes the connection.
+	defer noteEventsSent(r, sub)
+
 	err = h.stream(w, r, sub)
 	if errors.Is(err, errTakenOver) {
 		takenOver = true
+		if ended := sub.conn.ended; ended != nil {
+			<-ended
+		}
 		return nil
 	}
 	if errors.Is(err, errDisconnect) {
@@ -286,6 +294,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		h.logger.Debug("stream ended", zap.String("channel", channel), zap.Error(err))
 	}
 	return nil
+}
+
+// noteEventsSent adds the number of events the stream sent to the request's
+// access log entry.
+func noteEventsSent(r *http.Request, sub *subscriber) {
+	extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	if !ok {
+		return
+	}
+	sub.mu.Lock()
+	sent := sub.sent
+	sub.mu.Unlock()
+	extra.Set(zap.Int("events_sent", sent))
 }
 
 // errDisconnect ends a stream whose client the server disconnects.

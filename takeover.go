@@ -56,7 +56,14 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 	if sc, ok := conn.(syscall.Conn); ok {
 		tc.raw, _ = sc.SyscallConn()
 	}
-	tc.ended = func(reason dropReason) {
+	if h.server != nil && h.server.Logs != nil {
+		// The server keeps access logs: the handler waits, parked, for
+		// the stream to end, so that Caddy writes the stream's entry with
+		// its real duration and the events it sent. The connection's
+		// reading goroutine and buffers are let go all the same.
+		tc.ended = make(chan struct{})
+	}
+	tc.onEnd = func(reason dropReason) {
 		h.app.detach(sub)
 		h.clients.Add(-1)
 		if reason == dropSlow || reason == dropWriteTimeout || reason == dropKicked {

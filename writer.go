@@ -157,9 +157,10 @@ type takenConn struct {
 	// hangup is the connection's registration with the hang-up watcher.
 	hangup hangupRegistration
 
-	// ended is called once, by the writer that closes the connection, with
-	// the reason the stream ended.
-	ended func(dropReason)
+	// onEnd is called once, by the writer that closes the connection, with
+	// the reason the stream ended; then ended, if set, is closed.
+	onEnd func(dropReason)
+	ended chan struct{}
 }
 
 // clockStart anchors takenConn.lastWrite on the monotonic clock.
@@ -408,7 +409,10 @@ func (tc *takenConn) end(reason dropReason) {
 	tc.hangup.cancel()
 	// The response has no length: closing the connection ends it.
 	_ = tc.conn.Close()
-	tc.ended(reason)
+	tc.onEnd(reason)
+	if tc.ended != nil {
+		close(tc.ended)
+	}
 }
 
 // keepAliveDue runs when the stream may have been quiet for keepAlive: it
