@@ -16,7 +16,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "sse-broadcast",
-		Usage: "[--data <text>|-] [--event <name>] [--id <id>] [--retry <ms>] [--channel <name>] [--address <interface>] [--config <path> [--adapter <name>]]",
+		Usage: "[--data <text>|-] [--event <name>] [--id <id>] [--retry <ms>] [--channel <name>] [--client <id>] [--address <interface>] [--config <path> [--adapter <name>]]",
 		Short: "Broadcasts a Server-Sent Event through a running Caddy",
 		Long: `
 Sends one event to every client streaming the channel from the running Caddy,
@@ -35,6 +35,7 @@ reached. A rejected event exits non-zero with the API's message.
 			cmd.Flags().String("id", "", "Event id (the id: field)")
 			cmd.Flags().Int64("retry", 0, "Reconnection delay to send, in milliseconds (not sent unless given)")
 			cmd.Flags().String("channel", DefaultChannel, "Channel to broadcast to")
+			cmd.Flags().String("client", "", "Send to this one client only (its id, from GET /sse/clients or its greeting)")
 			cmd.Flags().String("address", "", "Address of the administration endpoint, if different from config")
 			cmd.Flags().StringP("config", "c", "", "Configuration file to read the admin address from")
 			cmd.Flags().StringP("adapter", "a", "", "Name of config adapter to apply")
@@ -58,6 +59,13 @@ func cmdBroadcast(fl caddycmd.Flags) (int, error) {
 		"data":    data,
 		"id":      fl.String("id"),
 		"channel": fl.String("channel"),
+	}
+	if client := fl.String("client"); client != "" {
+		req["client"] = client
+		if !fl.Changed("channel") {
+			// The client's own channel, rather than the default.
+			delete(req, "channel")
+		}
 	}
 	if fl.Changed("retry") {
 		retry, err := fl.GetInt64("retry")

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -102,6 +103,18 @@ func startCaddyProcess(t *testing.T, caddyfile string) *caddyProcess {
 
 func (p *caddyProcess) url(path string) string { return "http://" + p.http + path }
 
+// adminGet reads path from the process's admin endpoint.
+func (p *caddyProcess) adminGet(t *testing.T, path string) []byte {
+	t.Helper()
+	resp, err := plainClient.Get("http://" + p.admin + path)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	return body
+}
+
 // command runs the Caddy binary with args and stdin, and returns its
 // standard output, standard error and exit error.
 func (p *caddyProcess) command(stdin string, args ...string) (string, string, error) {
@@ -150,6 +163,18 @@ func TestCLIBroadcastsToARunningCaddy(t *testing.T) {
 	ev = s.next()
 	assert.Equal(t, "line one\nline two", ev.Data)
 	assert.Equal(t, "", ev.Type)
+
+	// --client sends to one client, found through the admin API.
+	list := p.adminGet(t, "/sse/clients")
+	var clients struct{ Clients []ClientInfo }
+	require.NoError(t, json.Unmarshal(list, &clients))
+	require.Len(t, clients.Clients, 1)
+	stdout, stderr, err = p.command("", "sse-broadcast", "--address", p.admin, "--client", clients.Clients[0].ID, "--data", "just you")
+	require.NoError(t, err, "stderr: %s", stderr)
+	require.NoError(t, json.Unmarshal([]byte(stdout), &res), "stdout: %s", stdout)
+	assert.Equal(t, 1, res.Clients)
+	assert.Equal(t, "news", res.Channel)
+	assert.Equal(t, "just you", s.next().Data)
 }
 
 func TestCLIReportsARejectedEventWithANonZeroExit(t *testing.T) {
