@@ -88,8 +88,13 @@ func (a *AdminAPI) handleBroadcast(w http.ResponseWriter, r *http.Request) error
 		return apiError(http.StatusBadRequest, err)
 	}
 	results, err := a.app.BroadcastBatch(r.Context(), events)
-	if errors.Is(err, errUnknownClient) {
+	switch {
+	case errors.Is(err, errUnknownClient):
 		return apiError(http.StatusNotFound, err)
+	case errors.Is(err, errEventTooLarge):
+		return apiError(http.StatusRequestEntityTooLarge, err)
+	case errors.Is(err, errTooManyChannels):
+		return apiError(http.StatusServiceUnavailable, err)
 	}
 	if err != nil {
 		return apiError(http.StatusBadRequest, err)

@@ -31,7 +31,7 @@ const drainEvery = 512
 
 // subscribed returns a broadcaster with n subscribers to channel "bench".
 func subscribed(n int) (*broadcaster, []*subscriber) {
-	b := newBroadcaster(replayLimits{events: 1000, bytes: 4 << 20, ttl: DefaultReplayTTL, totalBytes: DefaultReplayTotalBytes})
+	b := newBroadcaster(broadcastLimits{events: 1000, bytes: 4 << 20, ttl: DefaultReplayTTL, totalBytes: DefaultReplayTotalBytes})
 	subs := make([]*subscriber, n)
 	for i := range subs {
 		subs[i] = newSubscriber("bench", DefaultMaxQueue, DefaultMaxQueueBytes)

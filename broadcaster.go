@@ -32,7 +32,7 @@ type broadcaster struct {
 	// when an idle channel is removed and later made anew.
 	lastSeq atomic.Uint64
 
-	limits      atomic.Pointer[replayLimits]
+	limits      atomic.Pointer[broadcastLimits]
 	windowBytes atomic.Int64 // over all channels
 
 	connected   atomic.Int64
@@ -71,7 +71,7 @@ type channel struct {
 	toSchedule []*subscriber
 }
 
-func newBroadcaster(limits replayLimits) *broadcaster {
+func newBroadcaster(limits broadcastLimits) *broadcaster {
 	b := &broadcaster{
 		channels:    make(map[string]*channel),
 		clients:     make(map[string]*subscriber),
@@ -98,12 +98,12 @@ func (b *broadcaster) Destruct() error {
 // replace. Windows meet them at their channel's next publish or the
 // janitor's next pass, not at once: a config that fails to start puts the
 // previous limits back, and must not have destroyed windows meanwhile.
-func (b *broadcaster) setLimits(limits *replayLimits) (previous *replayLimits) {
+func (b *broadcaster) setLimits(limits *broadcastLimits) (previous *broadcastLimits) {
 	return b.limits.Swap(limits)
 }
 
 // restoreLimits puts back previous if limits are still the ones in force.
-func (b *broadcaster) restoreLimits(limits, previous *replayLimits) {
+func (b *broadcaster) restoreLimits(limits, previous *broadcastLimits) {
 	if previous != nil {
 		b.limits.CompareAndSwap(limits, previous)
 	}
@@ -111,18 +111,24 @@ func (b *broadcaster) restoreLimits(limits, previous *replayLimits) {
 
 // lockChannel returns the named channel, locked, creating it if create is
 // set; without create it returns nil for a channel that does not exist.
-func (b *broadcaster) lockChannel(name string, create bool) *channel {
+// It returns errTooManyChannels if creating it would pass maxChannels (0
+// for no limit).
+func (b *broadcaster) lockChannel(name string, create bool, maxChannels int) (*channel, error) {
 	for {
 		b.mu.RLock()
 		ch := b.channels[name]
 		b.mu.RUnlock()
 		if ch == nil {
 			if !create {
-				return nil
+				return nil, nil
 			}
 			b.mu.Lock()
 			ch = b.channels[name]
 			if ch == nil {
+				if maxChannels > 0 && len(b.channels) >= maxChannels {
+					b.mu.Unlock()
+					return nil, fmt.Errorf("%w: %d channels exist, the sse app's max_channels", errTooManyChannels, len(b.channels))
+				}
 				ch = &channel{name: name}
 				b.channels[name] = ch
 			}
@@ -130,11 +136,17 @@ func (b *broadcaster) lockChannel(name string, create bool) *channel {
 		}
 		ch.mu.Lock()
 		if !ch.removed {
-			return ch
+			return ch, nil
 		}
 		ch.mu.Unlock()
 	}
 }
+
+// Errors of the broadcaster's limits.
+var (
+	errTooManyChannels = errors.New("too many channels")
+	errEventTooLarge   = errors.New("event too large")
+)
 
 // removeIfIdle removes ch from the map if it has neither subscribers nor
 // events to replay.
@@ -154,10 +166,17 @@ func (b *broadcaster) removeIfIdle(ch *channel) {
 // events the window holds after lastEventID; taking them and joining the
 // live subscribers under the channel's lock means no event published
 // meanwhile is missed or sent twice.
-func (b *broadcaster) subscribe(s *subscriber, lastEventID string, resume bool) {
-	ch := b.lockChannel(s.channel, true)
+func (b *broadcaster) subscribe(s *subscriber, lastEventID string, resume bool) error {
+	limits := b.limits.Load()
+	if err := limits.checkChannel(s.channel); err != nil {
+		return err
+	}
+	ch, err := b.lockChannel(s.channel, true, limits.maxChannels)
+	if err != nil {
+		return err
+	}
 	defer ch.mu.Unlock()
-	if limits := b.limits.Load(); resume && limits.events > 0 {
+	if resume && limits.events > 0 {
 		s.replay, _ = ch.window.after(lastEventID, time.Now(), limits.ttl)
 		b.replayed.Add(uint64(len(s.replay)))
 	}
@@ -167,6 +186,28 @@ func (b *broadcaster) subscribe(s *subscriber, lastEventID string, resume bool) 
 	b.clientsMu.Lock()
 	b.clients[s.id] = s
 	b.clientsMu.Unlock()
+	return nil
+}
+
+// checkChannel refuses a channel name longer than maxChannelLength.
+func (limits *broadcastLimits) checkChannel(name string) error {
+	if limits.maxChannelLength > 0 && len(name) > limits.maxChannelLength {
+		return &FieldError{Field: "channel", Reason: fmt.Sprintf(
+			"is %d bytes long, longer than the sse app's max_channel_length of %d", len(name), limits.maxChannelLength)}
+	}
+	return nil
+}
+
+// checkEvent refuses an event over the limits.
+func (limits *broadcastLimits) checkEvent(ev *Event) error {
+	if err := limits.checkChannel(ev.channelName()); err != nil {
+		return err
+	}
+	if size := len(ev.ID) + len(ev.Type) + len(ev.Data); limits.maxEventSize > 0 && size > limits.maxEventSize {
+		return fmt.Errorf("%w: its id, name and data are %d bytes, more than the sse app's max_event_size of %d",
+			errEventTooLarge, size, limits.maxEventSize)
+	}
+	return nil
 }
 
 // unsubscribe removes s from its channel, and the channel once it is idle.
@@ -209,13 +250,24 @@ func (b *broadcaster) publish(events []Event) ([]Result, error) {
 	if len(events) == 0 {
 		return nil, errNoEvents
 	}
+	limits := b.limits.Load()
 	for i := range events {
-		if err := events[i].validate(); err != nil {
+		err := events[i].validate()
+		if err == nil {
+			err = limits.checkEvent(&events[i])
+		}
+		if err != nil {
 			if len(events) > 1 {
 				return nil, fmt.Errorf("event %d: %w", i, err)
 			}
 			return nil, err
 		}
+	}
+	// A batch that would make more channels than are left is refused
+	// whole. Streams arriving meanwhile may take the last ones; the
+	// batch's events then still go, over the bound by at most its size.
+	if err := b.checkNewChannels(events, limits); err != nil {
+		return nil, err
 	}
 	// Every addressed client must be connected before any event goes.
 	targets := make([]*subscriber, len(events))
@@ -264,7 +316,9 @@ var seqPlaceholder = string(appendSeq(nil, 0))
 func (b *broadcaster) fanOut(ev *preparedEvent) int {
 	b.published.Add(1)
 	limits := b.limits.Load()
-	ch := b.lockChannel(ev.channel, limits.events > 0)
+	// The bound on channels was checked before the batch: an event is
+	// never dropped half way through one.
+	ch, _ := b.lockChannel(ev.channel, limits.events > 0, 0)
 	now := time.Now()
 	seq := b.nextSeq(now)
 	if ev.id == "" {
@@ -319,6 +373,34 @@ func (b *broadcaster) fanOut(ev *preparedEvent) int {
 	return queued
 }
 
+// checkNewChannels refuses events that would make more new channels than
+// maxChannels leaves room for. With replay off, publishing makes no
+// channel.
+func (b *broadcaster) checkNewChannels(events []Event, limits *broadcastLimits) error {
+	maxChannels := limits.maxChannels
+	if maxChannels <= 0 || limits.events == 0 {
+		return nil
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	room := maxChannels - len(b.channels)
+	var fresh map[string]bool
+	for i := range events {
+		name := events[i].channelName()
+		if events[i].Client != "" || b.channels[name] != nil || fresh[name] {
+			continue
+		}
+		if fresh == nil {
+			fresh = make(map[string]bool)
+		}
+		fresh[name] = true
+		if len(fresh) > room {
+			return fmt.Errorf("%w: %d channels exist, the sse app's max_channels", errTooManyChannels, len(b.channels))
+		}
+	}
+	return nil
+}
+
 // errUnknownClient is returned for an event addressed to a client that is
 // not connected.
 var errUnknownClient = errors.New("unknown client")
@@ -343,7 +425,7 @@ func (b *broadcaster) client(id, channel string) (*subscriber, error) {
 // event was queued, 0 if the client had left meanwhile.
 func (b *broadcaster) sendTo(s *subscriber, ev *preparedEvent) int {
 	b.published.Add(1)
-	ch := b.lockChannel(ev.channel, false)
+	ch, _ := b.lockChannel(ev.channel, false, 0)
 	seq := b.nextSeq(time.Now())
 	if ev.id == "" {
 		appendSeq(ev.frame[idDigitsAt:idDigitsAt], seq)

@@ -224,6 +224,9 @@ func sizeValue(d *caddyfile.Dispenser, name string) (int64, error) {
 //	        replay_ttl         <duration>  # default 1h
 //	        replay_total_bytes <size>      # all channels together; default 256MiB
 //	        max_clients        <count>     # streams over the whole server; default no limit
+//	        max_channel_length <bytes>     # longest channel name; default 256
+//	        max_event_size     <size>      # an event's id, name and data together; default 1MiB
+//	        max_channels       <count>     # channels at once; default 100000
 //	    }
 //	}
 func parseAppCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
@@ -276,6 +279,24 @@ func parseAppCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, err
 			}
 			app.MaxClients = n
+		case "max_channel_length":
+			n, err := parseCount(d, 1)
+			if err != nil {
+				return nil, err
+			}
+			app.MaxChannelLength = n
+		case "max_event_size":
+			size, err := parseSize(d)
+			if err != nil {
+				return nil, err
+			}
+			app.MaxEventSize = int(min(size, math.MaxInt))
+		case "max_channels":
+			n, err := parseCount(d, 1)
+			if err != nil {
+				return nil, err
+			}
+			app.MaxChannels = n
 		default:
 			return nil, d.Errf("unrecognized sse option %q", d.Val())
 		}

@@ -262,6 +262,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		_, err := w.Write(h.openingLine())
 		return err
 	}
+	if fieldErr := (*FieldError)(nil); errors.As(err, &fieldErr) {
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("channel %q resolved to %q: %w", h.Channel, channel, err))
+	}
 	if err != nil {
 		return h.refuse(w, err)
 	}

@@ -51,6 +51,13 @@ func init() {
 // DefaultMaxBody is the default limit of an admin API request body, in bytes.
 const DefaultMaxBody = 1 << 20
 
+// Defaults of the sse app's limits.
+const (
+	DefaultMaxChannelLength = 256
+	DefaultMaxEventSize     = 1 << 20
+	DefaultMaxChannels      = 100000
+)
+
 // broadcasterPool holds the process's one broadcaster across config reloads:
 // each config's App takes a reference in Provision and gives it back in
 // Cleanup, so the broadcaster lives as long as any config uses it.
@@ -88,6 +95,20 @@ type App struct {
 	// limit.
 	MaxClients int `json:"max_clients,omitempty"`
 
+	// MaxChannelLength bounds a channel's name, in bytes: a longer one is
+	// refused to publishers (400) and to streams (400). Default: 256.
+	MaxChannelLength int `json:"max_channel_length,omitempty"`
+
+	// MaxEventSize bounds one event's id, name and data together, in
+	// bytes; a larger one is refused with 413. Default: 1 MiB.
+	MaxEventSize int `json:"max_event_size,omitempty"`
+
+	// MaxChannels bounds how many channels exist at once (a channel exists
+	// while it has clients or events to replay). A stream or a publish that
+	// would make a new channel over it is refused with 503. Default:
+	// 100000.
+	MaxChannels int `json:"max_channels,omitempty"`
+
 	broadcaster *broadcaster
 	streams     *configStreams
 	logger      *zap.Logger
@@ -95,7 +116,7 @@ type App struct {
 	// limits and previousLimits let Stop undo Start when this config
 	// does not take over: Caddy stops the apps that started when another
 	// app of the config fails to, and keeps the old config running.
-	limits, previousLimits *replayLimits
+	limits, previousLimits *broadcastLimits
 }
 
 // configStreams is the set of streams one config serves, so that stopping
@@ -134,9 +155,18 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.ReplayTotalBytes == 0 {
 		a.ReplayTotalBytes = DefaultReplayTotalBytes
 	}
+	if a.MaxChannelLength == 0 {
+		a.MaxChannelLength = DefaultMaxChannelLength
+	}
+	if a.MaxEventSize == 0 {
+		a.MaxEventSize = DefaultMaxEventSize
+	}
+	if a.MaxChannels == 0 {
+		a.MaxChannels = DefaultMaxChannels
+	}
 	a.streams = &configStreams{open: make(map[*subscriber]struct{})}
 	val, _, err := broadcasterPool.LoadOrNew(broadcasterKey, func() (caddy.Destructor, error) {
-		return newBroadcaster(a.replayLimits()), nil
+		return newBroadcaster(a.broadcastLimits()), nil
 	})
 	if err != nil {
 		return fmt.Errorf("loading broadcaster: %w", err)
@@ -168,23 +198,33 @@ func (a *App) Validate() error {
 		return fmt.Errorf("replay_total_bytes must not be negative, got %d", a.ReplayTotalBytes)
 	case a.MaxClients < 0:
 		return fmt.Errorf("max_clients must not be negative, got %d", a.MaxClients)
+	case a.MaxChannelLength < 1:
+		return fmt.Errorf("max_channel_length must be at least 1, got %d", a.MaxChannelLength)
+	case a.MaxEventSize < 1:
+		return fmt.Errorf("max_event_size must be at least 1, got %d", a.MaxEventSize)
+	case a.MaxChannels < 1:
+		return fmt.Errorf("max_channels must be at least 1, got %d", a.MaxChannels)
 	}
 	return nil
 }
 
-func (a *App) replayLimits() replayLimits {
-	return replayLimits{
+func (a *App) broadcastLimits() broadcastLimits {
+	return broadcastLimits{
 		events:     *a.Replay,
 		bytes:      int(min(a.ReplayMaxBytes, math.MaxInt)),
 		ttl:        time.Duration(a.ReplayTTL),
 		totalBytes: a.ReplayTotalBytes,
+
+		maxChannelLength: a.MaxChannelLength,
+		maxEventSize:     a.MaxEventSize,
+		maxChannels:      a.MaxChannels,
 	}
 }
 
 // Start applies this config's replay limits to the broadcaster, which a
 // reload keeps: windows shrink or grow in place.
 func (a *App) Start() error {
-	limits := a.replayLimits()
+	limits := a.broadcastLimits()
 	a.limits = &limits
 	a.previousLimits = a.broadcaster.setLimits(a.limits)
 	return nil
@@ -272,7 +312,10 @@ func (a *App) attach(channel string, opts streamOptions) (*subscriber, error) {
 	}
 	cs.open[s] = struct{}{}
 	cs.mu.Unlock()
-	b.subscribe(s, opts.lastEventID, opts.resume)
+	if err := b.subscribe(s, opts.lastEventID, opts.resume); err != nil {
+		a.detach(s)
+		return nil, err
+	}
 	return s, nil
 }
 

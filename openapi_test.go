@@ -27,6 +27,8 @@ const openAPICaddyfile = `{
 	{GLOBAL}
 	sse {
 		max_body 1KiB
+		max_event_size 512
+		max_channels 3
 	}
 }
 :{HTTP} {
@@ -94,6 +96,10 @@ func TestAdminAPIMatchesOpenAPIDocument(t *testing.T) {
 		{name: "GET broadcast", method: get, path: "/sse/broadcast", status: 405, docRejects: true},
 		{name: "body over max_body", method: post, path: "/sse/broadcast", contentType: ct,
 			body: oversized, status: 413},
+		{name: "event over max_event_size", method: post, path: "/sse/broadcast", contentType: ct,
+			body: `{"channel":"news","data":"` + strings.Repeat("x", 600) + `"}`, status: 413},
+		{name: "new channels over max_channels", method: post, path: "/sse/broadcast", contentType: ct,
+			body: `[{"channel":"new-1","data":"x"},{"channel":"new-2","data":"x"}]`, status: 503},
 		{name: "wrong content type", method: post, path: "/sse/broadcast", contentType: "text/plain",
 			body: `{"channel":"news"}`, status: 415, docRejects: true},
 

@@ -18,12 +18,18 @@ const (
 // that windows of many tiny events are bounded too.
 const entryOverhead = 64
 
-// replayLimits bound every channel's window; a zero events turns replay off.
-type replayLimits struct {
+// broadcastLimits are the sse app's bounds, applied by the broadcaster and
+// replaced whole on a reload: every channel's replay window (a zero events
+// turns replay off), and what a publisher or a stream may ask for.
+type broadcastLimits struct {
 	events     int
 	bytes      int
 	ttl        time.Duration
 	totalBytes int64 // over all channels
+
+	maxChannelLength int // bytes of a channel name; 0: no limit
+	maxEventSize     int // bytes of an event's id, name and data; 0: no limit
+	maxChannels      int // channels at once; 0: no limit
 }
 
 // windowEntry is one published event kept for replay.
@@ -72,7 +78,7 @@ func (w *replayWindow) dropOldest() int {
 
 // trim drops entries over the count and byte limits and those older than
 // the TTL, and returns how many bytes it released.
-func (w *replayWindow) trim(limits replayLimits, now time.Time) int {
+func (w *replayWindow) trim(limits broadcastLimits, now time.Time) int {
 	released := 0
 	for w.len() > 0 {
 		oldest := &w.entries[w.start]
