@@ -2,7 +2,6 @@ package ssebroadcast
 
 import (
 	"os"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -34,7 +33,7 @@ func TestConnectDisconnectCyclesReleaseEverything(t *testing.T) {
 	// the baseline.
 	openStream(t, nil, ts.url("/?channel=warm")).close()
 	require.Eventually(t, func() bool { return ts.stats().Clients == 0 }, awaitTimeout, 5*time.Millisecond)
-	baseGoroutines, baseFiles := runtime.NumGoroutine(), openFiles(t)
+	base := measureHeld(t)
 
 	const cycles, workers = 10000, 8
 	var wg sync.WaitGroup
@@ -56,8 +55,5 @@ func TestConnectDisconnectCyclesReleaseEverything(t *testing.T) {
 		st := ts.stats()
 		return st.Clients == 0 && len(st.Channels) == 0
 	}, awaitTimeout, 10*time.Millisecond, "the server must notice every client left")
-	require.Eventually(t, func() bool {
-		return runtime.NumGoroutine() <= baseGoroutines && openFiles(t) <= baseFiles
-	}, awaitTimeout, 10*time.Millisecond, "goroutines %d (from %d), open files %d (from %d)",
-		runtime.NumGoroutine(), baseGoroutines, openFiles(t), baseFiles)
+	base.awaitBackTo(t, 0)
 }

@@ -68,7 +68,7 @@ func TestSoakReturnsToBaseline(t *testing.T) {
 	// Warm-up, so that lazily started parts count in the baseline.
 	dialRawStream(t, ts.http, "/?channel=warm").conn.Close()
 	require.Eventually(t, func() bool { return ts.stats().Clients == 0 }, awaitTimeout, 5*time.Millisecond)
-	baseGoroutines, baseFiles := runtime.NumGoroutine(), openFiles(t)
+	base := measureHeld(t)
 	var baseRSS int64
 	if !raceEnabled {
 		baseRSS = rssKiB(t)
@@ -138,10 +138,7 @@ func TestSoakReturnsToBaseline(t *testing.T) {
 		st := ts.stats()
 		return st.Clients == 0 && len(st.Channels) <= 17 // the soak channel and c0..c15 keep their replay windows
 	}, awaitTimeout, 10*time.Millisecond)
-	require.Eventually(t, func() bool {
-		return runtime.NumGoroutine() <= baseGoroutines && openFiles(t) <= baseFiles
-	}, awaitTimeout, 10*time.Millisecond, "goroutines %d (from %d), open files %d (from %d)",
-		runtime.NumGoroutine(), baseGoroutines, openFiles(t), baseFiles)
+	base.awaitBackTo(t, 0)
 	if raceEnabled {
 		// test.sh runs this test once more without the race detector,
 		// whose shadow memory is never given back, to check the RSS.
