@@ -411,7 +411,8 @@ func (b *broadcaster) client(id, channel string) (*subscriber, error) {
 	b.clientsMu.RLock()
 	s := b.clients[id]
 	b.clientsMu.RUnlock()
-	if s == nil {
+	// A dropped client is on its way out: gone, as far as anyone asks.
+	if s == nil || s.dropReason() != notDropped {
 		return nil, fmt.Errorf("%w %q: no such client is connected", errUnknownClient, id)
 	}
 	if channel != "" && channel != s.channel {
@@ -489,10 +490,13 @@ func (b *broadcaster) clientList(channel string) []ClientInfo {
 	}
 	b.clientsMu.RUnlock()
 	list := make([]ClientInfo, len(subs))
-	for i, s := range subs {
+	list = list[:0]
+	for _, s := range subs {
 		s.mu.Lock()
-		list[i] = ClientInfo{ID: s.id, Channel: s.channel, RemoteAddr: s.remoteAddr,
-			ConnectedSince: s.since, Queued: len(s.queue), Sent: s.sent}
+		if s.dropped == notDropped {
+			list = append(list, ClientInfo{ID: s.id, Channel: s.channel, RemoteAddr: s.remoteAddr,
+				ConnectedSince: s.since, Queued: len(s.queue), Sent: s.sent})
+		}
 		s.mu.Unlock()
 	}
 	slices.SortFunc(list, func(a, b ClientInfo) int {

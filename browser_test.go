@@ -135,8 +135,7 @@ const tlsGlobals = `{
 // errors only for chains holding one of these public keys.
 func acceptCertificateOf(t *testing.T, addr string) chromedp.ExecAllocatorOption {
 	t.Helper()
-	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ServerName: "127.0.0.1"})
-	require.NoError(t, err)
+	conn := awaitTLSHandshake(t, addr)
 	defer conn.Close()
 	var hashes []string
 	for _, cert := range conn.ConnectionState().PeerCertificates {
@@ -224,4 +223,19 @@ func moreThanSixStreams(t *testing.T, ts *testServer, ctx context.Context) {
 	for i := range topics {
 		assert.Equal(t, fmt.Sprintf("for t%d", i), got[fmt.Sprintf("t%d", i)])
 	}
+}
+
+// awaitTLSHandshake returns a TLS connection to addr once the server
+// completes a handshake: on a fresh machine Caddy makes its local CA and
+// issues the certificate after the config loads, and fails handshakes
+// until then.
+func awaitTLSHandshake(t *testing.T, addr string) *tls.Conn {
+	t.Helper()
+	var conn *tls.Conn
+	require.Eventually(t, func() bool {
+		var err error
+		conn, err = tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ServerName: "127.0.0.1"})
+		return err == nil
+	}, awaitTimeout, 20*time.Millisecond, "the server never completed a TLS handshake")
+	return conn
 }

@@ -60,6 +60,9 @@ func TestStreamsWorkOverEveryProtocol(t *testing.T) {
 			client := &http.Client{Transport: tt.transport(t)}
 			url := scheme + "://" + ts.http + "/"
 
+			if tt.tls {
+				awaitTLSHandshake(t, ts.http).Close()
+			}
 			s := openStream(t, client, url)
 			require.Equal(t, tt.wantMajor, s.resp.ProtoMajor, "protocol of the stream")
 			if tt.wantMajor == 1 {
