@@ -140,8 +140,8 @@ func TestSoakReturnsToBaseline(t *testing.T) {
 	}, awaitTimeout, 10*time.Millisecond)
 	base.awaitBackTo(t, 0)
 	if raceEnabled {
-		// test.sh runs this test once more without the race detector,
-		// whose shadow memory is never given back, to check the RSS.
+		// The race detector's shadow memory is never given back: the
+		// RSS is checked by the runs without it (the command above).
 		t.Log("RSS not checked under the race detector")
 		return
 	}

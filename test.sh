@@ -25,6 +25,3 @@ if ! command -v chromium >/dev/null; then
 fi
 
 go test -race "$@" ./...
-# The soak test once more without the race detector, whose shadow memory
-# hides whether the process's RSS returns to its baseline.
-go test -count=1 -run '^TestSoakReturnsToBaseline$' "$@" .
