@@ -489,8 +489,7 @@ func (b *broadcaster) clientList(channel string) []ClientInfo {
 		}
 	}
 	b.clientsMu.RUnlock()
-	list := make([]ClientInfo, len(subs))
-	list = list[:0]
+	list := make([]ClientInfo, 0, len(subs))
 	for _, s := range subs {
 		s.mu.Lock()
 		if s.dropped == notDropped {
