@@ -177,7 +177,7 @@ func (b *broadcaster) subscribe(s *subscriber, lastEventID string, resume bool) 
 	}
 	defer ch.mu.Unlock()
 	if resume && limits.events > 0 {
-		s.replay, _ = ch.window.after(lastEventID, time.Now(), limits.ttl)
+		s.replay, _ = ch.window.after(lastEventID, *limits, time.Now())
 		b.replayed.Add(uint64(len(s.replay)))
 	}
 	s.index = len(ch.subscribers)
@@ -458,7 +458,11 @@ func (b *broadcaster) kick(id string) (*subscriber, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.drop(s, dropKicked)
+	// Of concurrent kicks, or a kick and the client's own leaving, only
+	// the one that drops it has found it.
+	if !b.drop(s, dropKicked) {
+		return nil, fmt.Errorf("%w %q: no such client is connected", errUnknownClient, id)
+	}
 	return s, nil
 }
 
@@ -518,11 +522,15 @@ func (b *broadcaster) nextSeq(now time.Time) uint64 {
 	}
 }
 
-// drop ends s's subscription for reason, counting it once.
-func (b *broadcaster) drop(s *subscriber, reason dropReason) {
-	if s.drop(reason) && reason != dropClientLeft {
+// drop ends s's subscription for reason, counting it once. A stream that
+// a shutdown ends is counted when it ends, by whoever writes it, unless its
+// client turns out to have left first.
+func (b *broadcaster) drop(s *subscriber, reason dropReason) bool {
+	dropped := s.drop(reason)
+	if dropped && reason != dropClientLeft && reason != dropShutdown {
 		b.disconnects[reason].Add(1)
 	}
+	return dropped
 }
 
 // runJanitor releases expired replay windows and idle channels. Replay
@@ -631,11 +639,15 @@ func (b *broadcaster) stats() Stats {
 			Kicked:       b.disconnects[dropKicked].Load(),
 		},
 	}
+	limits, now := b.limits.Load(), time.Now()
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	for name, ch := range b.channels {
 		ch.mu.Lock()
-		cs := ChannelStats{Clients: len(ch.subscribers), Replayable: ch.window.len()}
+		cs := ChannelStats{Clients: len(ch.subscribers)}
+		if limits.events > 0 {
+			cs.Replayable = len(ch.window.kept(*limits, now))
+		}
 		ch.mu.Unlock()
 		st.Channels[name] = cs
 		st.Clients += cs.Clients

@@ -5,7 +5,10 @@ package ssebroadcast
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -154,4 +157,86 @@ func TestDeletingAClientDisconnectsItAndCountsIt(t *testing.T) {
 
 	ts.mustBroadcast(`{"channel":"room","data":"still on"}`)
 	assert.Equal(t, "still on", stays.next().Data)
+}
+
+func TestOfConcurrentDeletesOfOneClientExactlyOneSucceeds(t *testing.T) {
+	ts := startCaddy(t, clientsCaddyfile)
+	const deletes, rounds = 50, 10
+	// Connections opened beforehand, so that the deletes arrive together.
+	admin := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: deletes}}
+	defer admin.CloseIdleConnections()
+	send := func(method, path string) (int, error) {
+		req, err := http.NewRequest(method, "http://"+ts.admin+path, nil)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := admin.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		_, err = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, err
+	}
+	for round := range rounds {
+		kicked, id := greeted(t, ts, "room")
+		var warm sync.WaitGroup
+		for range deletes {
+			warm.Go(func() { _, _ = send(http.MethodGet, "/sse/stats") })
+		}
+		warm.Wait()
+
+		statuses := make(chan int, deletes)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for range deletes {
+			wg.Go(func() {
+				<-start
+				status, err := send(http.MethodDelete, "/sse/clients/"+id)
+				if err != nil {
+					status = 0
+				}
+				statuses <- status
+			})
+		}
+		close(start)
+		wg.Wait()
+		close(statuses)
+		counts := make(map[int]int)
+		for status := range statuses {
+			counts[status]++
+		}
+		require.Equal(t, map[int]int{http.StatusOK: 1, http.StatusNotFound: deletes - 1}, counts, "round %d", round)
+		kicked.awaitEnd()
+		require.Eventually(t, func() bool { return ts.stats().Clients == 0 }, awaitTimeout, 5*time.Millisecond)
+		require.Equal(t, uint64(round+1), ts.stats().Disconnects.Kicked, "counted once")
+	}
+}
+
+// The same race without HTTP in between, where it is rarely lost by
+// chance: of concurrent kicks of one client, each round, exactly one finds
+// it.
+func TestConcurrentKicksOfOneClientFindItOnce(t *testing.T) {
+	b := newBroadcaster(broadcastLimits{events: 10, bytes: 1 << 20})
+	defer b.Destruct()
+	for round := range 2000 {
+		s := newSubscriber("room", 10, 1<<20)
+		require.NoError(t, b.subscribe(s, "", false))
+		var found atomic.Int32
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range 20 {
+			wg.Go(func() {
+				<-start
+				if _, err := b.kick(s.id); err == nil {
+					found.Add(1)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		require.Equal(t, int32(1), found.Load(), "round %d", round)
+		b.unsubscribe(s)
+	}
+	assert.Equal(t, uint64(2000), b.disconnects[dropKicked].Load())
 }

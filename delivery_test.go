@@ -216,10 +216,10 @@ func TestReplayWindowIsBoundedByBytesAndAge(t *testing.T) {
 	t.Run("replay_ttl", func(t *testing.T) {
 		ts := startCaddy(t, replayOptionCaddyfile("replay_ttl 200ms"))
 		ids := ts.publishNumbered("a", 1, 3)
-		// Wait out the TTL: the janitor frees the expired window.
-		require.Eventually(t, func() bool { return ts.stats().Channels["a"].Replayable == 0 },
+		// Wait out the TTL: the janitor frees the expired window (which
+		// nothing replays even before).
+		require.Eventually(t, func() bool { st := ts.stats(); return st.ReplayBytes == 0 && len(st.Channels) == 0 },
 			awaitTimeout, 20*time.Millisecond)
-		assert.Zero(t, ts.stats().ReplayBytes)
 		s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
 		ts.mustBroadcast(`{"channel":"a","data":"fresh"}`)
 		assert.Equal(t, "fresh", s.next().Data, "expired events are not replayed")
@@ -407,4 +407,33 @@ func TestAFailedReloadKeepsTheReplaySettings(t *testing.T) {
 
 	s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
 	assert.Equal(t, numbers(2, 3), s.readData(2), "replay must still be on")
+}
+
+// A reload that lowers the replay limits is in force at once for every
+// resume, on a channel that nobody publishes to since: it never serves
+// more than the limits keep.
+func TestLoweredReplayLimitsApplyToAQuietChannelAtOnce(t *testing.T) {
+	ts := startCaddy(t, replayOptionCaddyfile("replay 700"))
+	events := make([]Event, 700)
+	for i := range events {
+		events[i] = Event{Channel: "a", Data: strconv.Itoa(i + 1)}
+	}
+	results, err := sseApp(t).BroadcastBatch(context.Background(), events)
+	require.NoError(t, err)
+	require.Equal(t, 700, ts.stats().Channels["a"].Replayable)
+
+	ts.load(replayOptionCaddyfile("replay 500"))
+	assert.Equal(t, 500, ts.stats().Channels["a"].Replayable, "what a resume may be served")
+	s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {results[0].ID}})
+	assert.Equal(t, numbers(201, 700), s.readData(500), "the newest 500 events, no more")
+	ts.mustBroadcast(`{"channel":"a","data":"live"}`)
+	assert.Equal(t, "live", s.next().Data)
+
+	ts.load(replayOptionCaddyfile("replay 500\n\t\treplay_max_bytes 10KiB"))
+	kept := ts.stats().Channels["a"].Replayable
+	require.Positive(t, kept)
+	require.Less(t, kept, 200, "100-odd bytes an event, 10 KiB in all")
+	again := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {results[0].ID}})
+	got := again.readData(kept)
+	assert.Equal(t, "live", got[len(got)-1], "the newest events are the ones kept")
 }

@@ -6,9 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"mime"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -165,20 +165,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 type connCtxKey struct{}
 
 // prepareConn readies an HTTP/1.1 stream's connection, which carries
-// nothing else: it bounds the kernel's send buffer, and lets dropping the
-// subscriber interrupt a write blocked on a client that stopped reading.
-// An HTTP/2 connection carries other streams too, and is left alone.
-func (h *Handler) prepareConn(r *http.Request, sub *subscriber) {
-	if r.ProtoMajor != 1 {
+// nothing else: it bounds the kernel's send buffer, so that a client that
+// stopped reading blocks the stream's writes after that much. An HTTP/2
+// connection carries other streams too, and is left alone.
+func (h *Handler) prepareConn(r *http.Request) {
+	if r.ProtoMajor != 1 || h.SendBuffer <= 0 {
 		return
 	}
 	conn, _ := r.Context().Value(connCtxKey{}).(net.Conn)
 	if conn == nil {
-		return
-	}
-	// net.Conn's deadlines may be set from any goroutine.
-	sub.setInterrupt(func() { _ = conn.SetWriteDeadline(time.Now()) })
-	if h.SendBuffer <= 0 {
 		return
 	}
 	for c := conn; c != nil; {
@@ -274,7 +269,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}()
 
-	h.prepareConn(r, sub)
+	h.prepareConn(r)
 	// Runs before Caddy writes the access log entry, even when the
 	// stream ends in a panic that closes the connection.
 	defer noteEventsSent(r, sub)
@@ -288,10 +283,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return nil
 	}
 	if errors.Is(err, errDisconnect) {
-		// Close the connection rather than end the response: a client too
-		// slow for its stream is too slow for another request on it. The
-		// deferred detach runs first.
-		panic(http.ErrAbortHandler)
+		// The stream's writes were cut for good: over HTTP/1 the
+		// connection closes rather than carry another request (a client
+		// too slow for its stream is too slow for that too), over HTTP/2
+		// the stream is reset. Returning, rather than panicking, lets
+		// Caddy log the request with its duration.
+		return nil
 	}
 	if err != nil {
 		h.logger.Debug("stream ended", zap.String("channel", channel), zap.Error(err))
@@ -353,7 +350,16 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	// (read_body, write) bound the whole response, as the user asked, and
 	// Caddy lets no handler loosen them: the README says to leave them
 	// unset on servers that carry streams.
-	out := &streamWriter{w: w, rc: http.NewResponseController(w), timeout: time.Duration(h.WriteTimeout)}
+	watchdog := newWriteWatchdog(w, r, time.Duration(h.WriteTimeout))
+	sub.setCutter(watchdog)
+	takenOver := false
+	defer func() {
+		if !takenOver {
+			sub.setCutter(nil)
+		}
+		watchdog.close()
+	}()
+	out := &streamWriter{w: w, rc: http.NewResponseController(w), watchdog: watchdog}
 
 	h.writeHeader(w, r)
 
@@ -368,12 +374,14 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	frames = append(frames, sub.replay...)
 	sub.replay = nil
 	if err := out.write(frames); err != nil {
-		return h.writeFailed(sub, r, err)
+		return h.writeFailed(sub, r, err, watchdog)
 	}
 	sub.mu.Lock()
 	sub.sent += len(frames) - 1 // the opening line is no event
 	sub.mu.Unlock()
 	if h.takeOver(w, r, sub) {
+		// The connection's own deadlines bound the stream from now on.
+		takenOver = true
 		return errTakenOver
 	}
 
@@ -399,7 +407,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	flush := func() error {
 		spare = sub.take(spare)
 		if err := out.write(spare); err != nil {
-			return h.writeFailed(sub, r, err)
+			return h.writeFailed(sub, r, err, watchdog)
 		}
 		if h.FlushInterval > 0 {
 			lastFlush = time.Now()
@@ -409,19 +417,19 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	for {
 		select {
 		case <-r.Context().Done():
+			// Marked before the stream lets go of its place, so that a
+			// shutdown under way does not count it.
+			h.app.broadcaster.drop(sub, dropClientLeft)
 			return nil
 		case <-sub.gone:
-			switch reason := sub.dropReason(); reason {
-			case dropShutdown:
-				// Write what was already queued before the stream ends.
-				if err := out.write(sub.take(nil)); err != nil {
-					return h.writeFailed(sub, r, err)
+			if reason := sub.dropReason(); reason != dropShutdown {
+				if reason != dropClientLeft {
+					h.logDisconnect(sub, r, reason)
 				}
-			default:
-				h.logDisconnect(sub, r, reason)
+				watchdog.abort()
 				return errDisconnect
 			}
-			return nil
+			return h.endForShutdown(r, sub, out)
 		case <-sub.wake:
 			if held != nil {
 				continue // the held flush takes this event too
@@ -443,7 +451,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 			}
 		case <-keepAlive:
 			if err := out.write(keepAliveFrames); err != nil {
-				return h.writeFailed(sub, r, err)
+				return h.writeFailed(sub, r, err, watchdog)
 			}
 		}
 		if keepAliveTimer != nil {
@@ -452,17 +460,45 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	}
 }
 
-// writeFailed tells a client that did not take a write in time, which is
-// disconnected and counted, from one that went away.
-func (h *Handler) writeFailed(sub *subscriber, r *http.Request, err error) error {
-	if errors.Is(err, errWriteTimeout) {
-		h.app.broadcaster.drop(sub, dropWriteTimeout)
-		// A slow drop that interrupted the write came first: its reason
-		// is the one kept and logged.
-		h.logDisconnect(sub, r, sub.dropReason())
-		return fmt.Errorf("%w: %w", errDisconnect, err)
+// endForShutdown writes what was queued before a stream ended for a
+// shutdown, within the shutdown's bound on writes, and counts the stream as
+// ended by the shutdown, unless its client had left by then: each stream's
+// end is counted once, under the reason that ended it.
+func (h *Handler) endForShutdown(r *http.Request, sub *subscriber, out *streamWriter) error {
+	if r.Context().Err() != nil {
+		return nil
 	}
-	return err
+	if err := out.write(sub.take(nil)); err != nil {
+		return h.writeFailed(sub, r, err, out.watchdog)
+	}
+	h.app.broadcaster.disconnects[dropShutdown].Add(1)
+	return nil
+}
+
+// writeFailed tells a client that did not take a write in time, or whose
+// write a drop cut, which is disconnected (and counted), from one that went
+// away.
+func (h *Handler) writeFailed(sub *subscriber, r *http.Request, err error, watchdog *writeWatchdog) error {
+	switch {
+	case errors.Is(err, errWriteTimeout):
+		h.app.broadcaster.drop(sub, dropWriteTimeout)
+	case errors.Is(err, errDropped):
+	default:
+		h.app.broadcaster.drop(sub, dropClientLeft)
+		return err
+	}
+	// A drop that cut the write came first: its reason is the one kept
+	// and logged.
+	switch reason := sub.dropReason(); reason {
+	case dropShutdown:
+		// The shutdown's bound cut a write that the client held up.
+		h.app.broadcaster.disconnects[dropShutdown].Add(1)
+	case dropClientLeft:
+	default:
+		h.logDisconnect(sub, r, reason)
+	}
+	watchdog.abort()
+	return fmt.Errorf("%w: %w", errDisconnect, err)
 }
 
 // logDisconnect logs, once per stream, that the server cut a client.
@@ -471,12 +507,21 @@ func (h *Handler) logDisconnect(sub *subscriber, r *http.Request, reason dropRea
 		zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
 }
 
-// writeHeader starts an event stream response.
+// writeHeader starts an event stream response. The stream's headers fill
+// in what the site's own header directives have not set: a site may send
+// "Cache-Control: no-cache, no-transform" for CDNs, or name a charset. The
+// Content-Type stays an event stream whatever the site set, since clients
+// refuse any other.
 func (h *Handler) writeHeader(w http.ResponseWriter, r *http.Request) {
 	hdr := w.Header()
-	hdr.Set("Content-Type", "text/event-stream")
-	hdr.Set("Cache-Control", "no-cache")
-	hdr.Set("X-Accel-Buffering", "no")
+	if mediaType, _, err := mime.ParseMediaType(hdr.Get("Content-Type")); err != nil || mediaType != "text/event-stream" {
+		hdr.Set("Content-Type", "text/event-stream")
+	}
+	for _, field := range [...][2]string{{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}} {
+		if hdr.Get(field[0]) == "" {
+			hdr.Set(field[0], field[1])
+		}
+	}
 	hdr.Del("Content-Length")
 	if h.mayTakeOver(r) {
 		// net/http's way to send a body without chunked encoding, ended
@@ -497,8 +542,12 @@ func greeting(sub *subscriber) []byte {
 	return ev.encode(make([]byte, 0, ev.encodedSize()))
 }
 
-// keepAliveFrames is a comment line: clients ignore it, proxies see traffic.
-var keepAliveFrames = [][]byte{[]byte(": keep-alive\n\n")}
+// keepAliveComment is a comment line: clients ignore it, proxies see
+// traffic.
+const keepAliveComment = ": keep-alive\n\n"
+
+// keepAliveFrames is the keep-alive comment as a stream writes it.
+var keepAliveFrames = [][]byte{[]byte(keepAliveComment)}
 
 // openingLine is the stream's first write: the retry field when one is
 // configured, else a comment.
@@ -510,68 +559,59 @@ func (h *Handler) openingLine() []byte {
 	return []byte(": open\n\n")
 }
 
-// errWriteTimeout marks a write that the client did not take in time.
-var errWriteTimeout = errors.New("write timed out")
-
 // streamWriter writes frames to a client with one flush per batch, each
-// batch bounded by the write timeout.
+// batch watched by the stream's write watchdog.
 type streamWriter struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	timeout time.Duration
+	w        http.ResponseWriter
+	rc       *http.ResponseController
+	watchdog *writeWatchdog
 }
 
 // write writes every frame and flushes once, so that all that was queued
-// goes out in as few writes as the response buffer allows. The deadline
-// bounds progress, not the whole batch: it moves on with every
+// goes out in as few writes as the response buffer allows. The write
+// timeout bounds progress, not the whole batch: it starts again with every
 // deadlineStride bytes, so a long backlog to a client that reads steadily
 // is not cut, and a client that stops taking bytes is.
 func (sw *streamWriter) write(frames [][]byte) error {
 	if len(frames) == 0 {
 		return nil
 	}
-	var deadline time.Time
-	sinceDeadline := deadlineStride
+	if err := sw.watchdog.begin(); err != nil {
+		return fmt.Errorf("writing events: %w", err)
+	}
+	err := sw.writeFrames(frames)
+	if cut := sw.watchdog.end(); cut != nil {
+		// The write's own error only says that the stream was broken.
+		return fmt.Errorf("writing events: %w", cut)
+	}
+	return err
+}
+
+func (sw *streamWriter) writeFrames(frames [][]byte) error {
+	sinceProgress := 0
 	for _, frame := range frames {
 		for len(frame) > 0 {
-			if sw.timeout > 0 && sinceDeadline >= deadlineStride {
-				if err := sw.setDeadline(&deadline); err != nil {
-					return err
-				}
-				sinceDeadline = 0
+			if sinceProgress >= deadlineStride {
+				sw.watchdog.progress()
+				sinceProgress = 0
 			}
-			// A large event goes out in pieces, each with its deadline.
+			// A large event goes out in pieces, each with its time.
 			piece := frame[:min(len(frame), deadlineStride)]
 			if _, err := sw.w.Write(piece); err != nil {
-				return sw.failed("writing events", err, deadline)
+				return fmt.Errorf("writing events: %w", err)
 			}
-			sinceDeadline += len(piece)
+			sinceProgress += len(piece)
 			frame = frame[len(piece):]
 		}
 	}
 	if err := sw.rc.Flush(); err != nil {
-		return sw.failed("flushing events", err, deadline)
+		return fmt.Errorf("flushing events: %w", err)
 	}
 	return nil
 }
 
-// deadlineStride is how many bytes a write deadline covers.
+// deadlineStride is how many bytes one write timeout covers.
 const deadlineStride = 32 << 10
-
-func (sw *streamWriter) setDeadline(deadline *time.Time) error {
-	*deadline = time.Now().Add(sw.timeout)
-	if err := sw.rc.SetWriteDeadline(*deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return fmt.Errorf("setting write deadline: %w", err)
-	}
-	return nil
-}
-
-func (sw *streamWriter) failed(doing string, err error, deadline time.Time) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) || (!deadline.IsZero() && !time.Now().Before(deadline)) {
-		return fmt.Errorf("%s: %w: %w", doing, errWriteTimeout, err)
-	}
-	return fmt.Errorf("%s: %w", doing, err)
-}
 
 // Interface guards
 var (

@@ -359,3 +359,81 @@ func TestFlushIntervalCoalescesWithoutLosingOrReordering(t *testing.T) {
 	}
 	assert.Equal(t, numbers(1, 500), s.readData(500))
 }
+
+// The site's own header directives win over the stream's defaults, except
+// that the response stays an event stream.
+func TestTheSitesHeadersWinOverTheStreamsDefaults(t *testing.T) {
+	ts := startCaddy(t, `{
+	{GLOBAL}
+}
+:{HTTP} {
+	route /cdn {
+		header Cache-Control "no-cache, no-transform"
+		header Content-Type "text/event-stream; charset=utf-8"
+		header X-Accel-Buffering yes
+		sse_broadcast
+	}
+	route /wrong-type {
+		header Content-Type text/html
+		sse_broadcast
+	}
+}`)
+	s := openStream(t, nil, ts.url("/cdn"))
+	assert.Equal(t, "no-cache, no-transform", s.resp.Header.Get("Cache-Control"))
+	assert.Equal(t, "text/event-stream; charset=utf-8", s.resp.Header.Get("Content-Type"))
+	assert.Equal(t, "yes", s.resp.Header.Get("X-Accel-Buffering"))
+
+	wrong := openStream(t, nil, ts.url("/wrong-type"))
+	assert.Equal(t, "text/event-stream", wrong.resp.Header.Get("Content-Type"), "clients refuse any other type")
+	assert.Equal(t, "no-cache", wrong.resp.Header.Get("Cache-Control"))
+
+	ts.mustBroadcast(`{"data":"both"}`)
+	assert.Equal(t, "both", s.next().Data)
+	assert.Equal(t, "both", wrong.next().Data)
+}
+
+// A reload counts, as ended by the shutdown, the streams it ended and no
+// others: streams whose clients left as it began end on their own. The
+// leaving and the reload race on purpose; before each stream was marked as
+// leaving, some that had left were counted too.
+func TestAReloadCountsOnlyTheStreamsItEnded(t *testing.T) {
+	caddyfile := `{
+	{GLOBAL}
+	servers {
+		protocols h1 h2c
+	}
+}
+:{HTTP} {
+	sse_broadcast {
+		keepalive off
+	}
+}`
+	ts := startCaddy(t, caddyfile)
+	const leaving, staying = 200, 50
+	leavers := dialRawH2(t, ts.http, 1<<20)
+	stayers := dialRawH2(t, ts.http, 1<<20)
+	var stayingStreams []*rawH2Stream
+	for i := range leaving {
+		leavers.get(uint32(2*i+1), "/", true)
+	}
+	for i := range staying {
+		stayingStreams = append(stayingStreams, stayers.get(uint32(2*i+1), "/", true))
+	}
+	require.Eventually(t, func() bool { return ts.stats().Clients == leaving+staying }, awaitTimeout, 5*time.Millisecond)
+
+	// One connection's streams all leave at once; the reload begins as
+	// the server notices.
+	require.NoError(t, leavers.conn.Close())
+	require.Eventually(t, func() bool { return ts.stats().Clients < leaving+staying }, awaitTimeout, time.Millisecond)
+	ts.load(caddyfile)
+
+	for _, s := range stayingStreams {
+		select {
+		case <-s.ended:
+		case <-time.After(awaitTimeout):
+			require.FailNow(t, "a staying stream was not ended by the reload")
+		}
+	}
+	require.Eventually(t, func() bool { return ts.stats().Clients == 0 }, awaitTimeout, 5*time.Millisecond)
+	assert.Equal(t, uint64(staying), ts.stats().Disconnects.Shutdown, "the streams the reload ended, once each")
+}

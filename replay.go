@@ -92,8 +92,26 @@ func (w *replayWindow) trim(limits broadcastLimits, now time.Time) int {
 	return released
 }
 
+// kept returns the live entries that the limits keep at now, oldest first:
+// the window meets new limits at its channel's next publish or the
+// janitor's next pass, and until then holds entries the limits no longer
+// keep, which no client may be served.
+func (w *replayWindow) kept(limits broadcastLimits, now time.Time) []windowEntry {
+	live := w.entries[w.start:]
+	from, bytes := len(live), 0
+	for from > 0 && len(live)-from < limits.events {
+		e := &live[from-1]
+		if bytes += e.cost(); bytes > limits.bytes || (limits.ttl > 0 && now.Sub(e.published) > limits.ttl) {
+			break
+		}
+		from--
+	}
+	return live[from:]
+}
+
 // after returns the frames a client that last saw lastEventID has missed,
-// oldest first, and whether the window could place that id:
+// oldest first, of those the limits keep at now, and whether the window
+// could place that id:
 //
 //   - an id in the window: every event after it;
 //   - an id the broadcaster assigned (see formatSeq) that is no longer in
@@ -101,11 +119,11 @@ func (w *replayWindow) trim(limits broadcastLimits, now time.Time) int {
 //     published after it, which, ids being time-ordered, is every event in
 //     the window newer than the id;
 //   - any other id: nothing, since there is no telling what the client saw.
-func (w *replayWindow) after(lastEventID string, now time.Time, ttl time.Duration) ([][]byte, bool) {
-	live := w.entries[w.start:]
+func (w *replayWindow) after(lastEventID string, limits broadcastLimits, now time.Time) ([][]byte, bool) {
+	kept := w.kept(limits, now)
 	from := -1
-	for i := len(live) - 1; i >= 0; i-- {
-		if live[i].id == lastEventID {
+	for i := len(kept) - 1; i >= 0; i-- {
+		if kept[i].id == lastEventID {
 			from = i + 1
 			break
 		}
@@ -115,16 +133,13 @@ func (w *replayWindow) after(lastEventID string, now time.Time, ttl time.Duratio
 		if !ok {
 			return nil, false
 		}
-		from = len(live)
-		for from > 0 && live[from-1].seq > seq {
+		from = len(kept)
+		for from > 0 && kept[from-1].seq > seq {
 			from--
 		}
 	}
-	var frames [][]byte
-	for _, e := range live[from:] {
-		if ttl > 0 && now.Sub(e.published) > ttl {
-			continue
-		}
+	frames := make([][]byte, 0, len(kept)-from)
+	for _, e := range kept[from:] {
 		frames = append(frames, e.frame)
 	}
 	return frames, true

@@ -160,3 +160,91 @@ func TestAClientThatTakesNoWriteInTimeIsDisconnected(t *testing.T) {
 	require.Eventually(t, func() bool { return ts.stats().Disconnects.WriteTimeout == 1 }, awaitTimeout, 5*time.Millisecond)
 	assert.Zero(t, ts.stats().Disconnects.Slow)
 }
+
+// A keep-alive comment that waits for a writer is no event: it counts
+// against neither queue bound, so that a client that keeps up is never
+// dropped as slow for it, however tight the bounds.
+func TestAKeepAliveCountsAgainstNoQueueBound(t *testing.T) {
+	for _, bound := range []string{"max_queue 1", "max_queue_bytes 200"} {
+		t.Run(bound, func(t *testing.T) {
+			ts := startCaddy(t, `{
+	{GLOBAL}
+}
+:{HTTP} {
+	sse_broadcast {
+		keepalive 1ms
+		`+bound+`
+	}
+}`)
+			s := openStream(t, nil, ts.url("/"))
+			require.Eventually(t, func() bool { return ts.stats().Clients == 1 }, awaitTimeout, 5*time.Millisecond)
+			app := sseApp(t)
+			// Each event alone in the queue, 150 bytes of data: within
+			// both bounds, unless a keep-alive counted too.
+			padding := strings.Repeat("k", 140)
+			for i := range 300 {
+				_, err := app.Broadcast(context.Background(), Event{Data: fmt.Sprintf("%09d %s", i, padding)})
+				require.NoError(t, err)
+				ev := s.next()
+				require.Equal(t, fmt.Sprintf("%09d %s", i, padding), ev.Data, "event %d", i)
+				if i%10 == 0 {
+					// Quiet for a few keep-alive intervals now and then.
+					s.raw.awaitCount(t, ": keep-alive\n\n", strings.Count(s.raw.String(), ": keep-alive\n\n")+1)
+				}
+			}
+			st := ts.stats()
+			assert.Zero(t, st.Disconnects.Slow, "a client that keeps up is not slow")
+			assert.Equal(t, 1, st.Clients)
+		})
+	}
+}
+
+// The moment the test above can only hope to hit, made to happen: a
+// keep-alive waits for a writer (the test holds the writers off) when an
+// event is published to a taken-over stream with max_queue 1.
+func TestAnEventPublishedWhileAKeepAliveWaitsForAWriterIsQueued(t *testing.T) {
+	ts := startCaddy(t, `{
+	{GLOBAL}
+}
+:{HTTP} {
+	sse_broadcast {
+		keepalive 20ms
+		max_queue 1
+	}
+}`)
+	s := openStream(t, nil, ts.url("/"))
+	require.Eventually(t, func() bool { return ts.stats().Clients == 1 }, awaitTimeout, 5*time.Millisecond)
+	app := sseApp(t)
+	b := app.broadcaster
+	b.clientsMu.RLock()
+	var sub *subscriber
+	for _, c := range b.clients {
+		sub = c
+	}
+	b.clientsMu.RUnlock()
+	require.NotNil(t, sub)
+
+	// With the writers' list locked, no writer takes anything: the
+	// keep-alive, once due, waits.
+	b.writers.mu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			b.writers.mu.Unlock()
+		}
+	}()
+	require.Eventually(t, func() bool {
+		sub.mu.Lock()
+		defer sub.mu.Unlock()
+		return sub.scheduled
+	}, awaitTimeout, time.Millisecond, "the keep-alive must come due")
+	res, err := app.Broadcast(context.Background(), Event{Data: "alongside the keep-alive"})
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Clients, "queued, not dropped")
+	b.writers.mu.Unlock()
+	locked = false
+
+	ev := s.next()
+	assert.Equal(t, "alongside the keep-alive", ev.Data)
+	assert.Zero(t, ts.stats().Disconnects.Slow)
+}

@@ -79,8 +79,9 @@ type subscriber struct {
 	// sent counts the events taken for writing, keep-alives aside.
 	sent    int
 	dropped dropReason
-	// interrupt, when set, makes a write blocked on the client return.
-	interrupt func()
+	// cutter, when set, stops writes that a drop or a shutdown must not
+	// wait for.
+	cutter writeCutter
 
 	// conn is the connection taken over from net/http, nil while the
 	// stream is served by its handler.
@@ -92,12 +93,32 @@ type subscriber struct {
 	scheduled bool
 	// headWritten is how much of queue[0] a writer has already taken.
 	headWritten int
+	// keepAliveDue is set, for a taken-over connection, when a keep-alive
+	// comment waits to be written. It is kept apart from the queue, whose
+	// bounds count events only: a client that keeps up is never judged
+	// slow for a comment the server chose to send.
+	keepAliveDue bool
 }
 
-// setInterrupt sets what a drop calls to stop a blocked write.
-func (s *subscriber) setInterrupt(interrupt func()) {
+// writeCutter stops the writes of a stream whose client holds them up.
+// Its methods are called with the subscriber's lock held.
+type writeCutter interface {
+	// interrupt makes the write in flight, and every later one, fail.
+	interrupt()
+	// limitTo makes every write, the one in flight included, end by
+	// deadline.
+	limitTo(deadline time.Time)
+}
+
+// shutdownWriteLimit bounds how long a stream that a reload or a stop ends
+// may take to write what was queued for it: whatever the timeouts (or none),
+// no client that stopped reading holds a shutdown up for longer.
+const shutdownWriteLimit = time.Second
+
+// setCutter sets what a drop calls to stop the stream's writes.
+func (s *subscriber) setCutter(cutter writeCutter) {
 	s.mu.Lock()
-	s.interrupt = interrupt
+	s.cutter = cutter
 	s.mu.Unlock()
 }
 
@@ -185,16 +206,21 @@ func (s *subscriber) dropLocked(reason dropReason) bool {
 		return false
 	}
 	s.dropped = reason
-	if reason != dropShutdown {
+	if reason == dropShutdown {
+		// A stream that ends for a shutdown writes what is queued first,
+		// within its write timeout and the shutdown's own limit.
+		if s.cutter != nil {
+			s.cutter.limitTo(time.Now().Add(shutdownWriteLimit))
+		}
+	} else {
 		// What a dropped client has queued is never written: release it,
-		// and stop a write that waits on the client. A stream that ends
-		// for a shutdown writes what is queued first, within its write
-		// timeout.
+		// and stop a write that waits on the client.
 		s.queue = nil
 		s.queuedBytes = 0
 		s.headWritten = 0
-		if s.interrupt != nil {
-			s.interrupt()
+		s.keepAliveDue = false
+		if s.cutter != nil {
+			s.cutter.interrupt()
 		}
 	}
 	close(s.gone)
@@ -211,6 +237,11 @@ func (s *subscriber) dropLocked(reason dropReason) bool {
 // removes them from the queue: a frame that does not fit whole is taken in
 // part, and the rest is taken next time.
 func (s *subscriber) takeLocked(buf []byte, limit int) []byte {
+	if s.keepAliveDue && s.headWritten == 0 && limit-len(buf) >= len(keepAliveComment) {
+		// Between events, never inside one.
+		buf = append(buf, keepAliveComment...)
+		s.keepAliveDue = false
+	}
 	consumed := 0
 	for _, frame := range s.queue {
 		rest := frame[s.headWritten:]
@@ -227,9 +258,7 @@ func (s *subscriber) takeLocked(buf []byte, limit int) []byte {
 		s.headWritten = 0
 		s.queuedBytes -= len(frame)
 		consumed++
-		if !isKeepAlive(frame) {
-			s.sent++
-		}
+		s.sent++
 	}
 	if consumed > 0 {
 		kept := copy(s.queue, s.queue[consumed:])
@@ -244,11 +273,6 @@ func (s *subscriber) dropReason() dropReason {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.dropped
-}
-
-// isKeepAlive reports whether frame is the shared keep-alive comment.
-func isKeepAlive(frame []byte) bool {
-	return len(frame) > 0 && &frame[0] == &keepAliveFrames[0][0]
 }
 
 // validClientID reports whether id has the form of the ids newSubscriber

@@ -71,7 +71,7 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 				zap.String("channel", sub.channel), zap.String("remote_addr", sub.remoteAddr))
 		}
 	}
-	sub.setInterrupt(func() { _ = conn.SetWriteDeadline(time.Now()) })
+	sub.setCutter(tc)
 	tc.hangup = b.hangups.watch(conn, sub)
 
 	// The timers exist before the stream is handed over, unarmed, so that

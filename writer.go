@@ -142,6 +142,9 @@ type takenConn struct {
 	raw syscall.RawConn
 
 	writeTimeout time.Duration
+	// deadline is the last one a blocking write set, and limit a
+	// shutdown's bound on every write (zero: none); guarded by sub.mu.
+	deadline, limit time.Time
 	// flushInterval, when set, is the least time between two writes;
 	// holdTimer ends each wait.
 	flushInterval time.Duration
@@ -361,10 +364,10 @@ func (tc *takenConn) writeWithTimeout(b []byte) error {
 	return nil
 }
 
-// setWriteDeadline gives the next piece of a blocking write its deadline,
-// or none when the stream has no write timeout; it is set under the
-// subscriber's lock, which a drop's interrupt takes too, so that it never
-// overwrites an interrupt.
+// setWriteDeadline gives the next piece of a blocking write its deadline:
+// the write timeout from now, no later than a shutdown's limit, or none. It
+// is set under the subscriber's lock, which a drop's cutter holds too, so
+// that it never overwrites an interrupt.
 func (tc *takenConn) setWriteDeadline() error {
 	s := tc.sub
 	s.mu.Lock()
@@ -376,14 +379,36 @@ func (tc *takenConn) setWriteDeadline() error {
 	if tc.writeTimeout > 0 {
 		deadline = time.Now().Add(tc.writeTimeout)
 	}
+	if !tc.limit.IsZero() && (deadline.IsZero() || tc.limit.Before(deadline)) {
+		deadline = tc.limit
+	}
+	tc.deadline = deadline
 	if err := tc.conn.SetWriteDeadline(deadline); err != nil {
 		return fmt.Errorf("setting write deadline: %w", err)
 	}
 	return nil
 }
 
-// errDropped ends a write to a stream dropped meanwhile.
-var errDropped = errors.New("stream dropped")
+// interrupt makes a write blocked on the client return: the stream was
+// dropped. Called with the subscriber's lock held; net.Conn's deadlines
+// may be set from any goroutine.
+func (tc *takenConn) interrupt() {
+	_ = tc.conn.SetWriteDeadline(time.Now())
+}
+
+// limitTo makes every write end by deadline: a shutdown ends the stream
+// once what is queued is written, and no client that stopped reading may
+// hold it up for longer. Called with the subscriber's lock held.
+func (tc *takenConn) limitTo(deadline time.Time) {
+	tc.limit = deadline
+	// A blocking write in flight may have a later deadline, or none. A
+	// deadline on the connection does not slow the writers' non-blocking
+	// writes; once it passes, they hand the rest to a blocking write,
+	// which fails at once.
+	if tc.deadline.IsZero() || deadline.Before(tc.deadline) {
+		_ = tc.conn.SetWriteDeadline(deadline)
+	}
+}
 
 // fail ends the stream after a failed write: a client that did not take it
 // in time is disconnected and counted; any other failure means the client
@@ -394,12 +419,20 @@ func (tc *takenConn) fail(err error) {
 		reason = dropWriteTimeout
 	}
 	tc.broadcaster.drop(tc.sub, reason)
-	tc.end(tc.sub.dropReason())
+	ended := tc.sub.dropReason()
+	if ended == dropShutdown && reason == dropClientLeft {
+		// The client left before the shutdown could end its stream.
+		ended = dropClientLeft
+	}
+	tc.end(ended)
 }
 
-// end closes the connection and lets the stream go. Only the subscriber's
-// owner calls it, once.
+// end closes the connection and lets the stream go, counting a stream that
+// a shutdown ended. Only the subscriber's owner calls it, once.
 func (tc *takenConn) end(reason dropReason) {
+	if reason == dropShutdown {
+		tc.broadcaster.disconnects[dropShutdown].Add(1)
+	}
 	if tc.keepAliveTimer != nil {
 		tc.keepAliveTimer.Stop()
 	}
@@ -436,8 +469,7 @@ func (tc *takenConn) keepAliveDue() {
 		tc.keepAliveTimer.Reset(tc.keepAlive - quiet)
 		return
 	}
-	s.queue = append(s.queue, keepAliveFrames[0])
-	s.queuedBytes += len(keepAliveFrames[0])
+	s.keepAliveDue = true
 	s.scheduled = true
 	s.mu.Unlock()
 	tc.writers.scheduleOne(s)

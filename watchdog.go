@@ -1,0 +1,209 @@
+package ssebroadcast
+
+import (
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// writeWatchdog bounds the writes of a stream that stays with net/http
+// (HTTP/2, HTTP/3, a compressed response, takeover off): a write that makes
+// no progress within the stream's write timeout, one in flight when the
+// broadcaster drops the stream, and the last writes of a stream ended for a
+// shutdown past their bound, are cut by setting the response's write
+// deadline to now.
+//
+// Between writes no deadline is armed at all. On HTTP/2 a write deadline is
+// a timer that resets the stream when it fires, whether a write is in
+// flight or not, so a deadline left armed after a write cuts a stream that
+// is merely quiet. The watchdog's own timer is armed only while a write is
+// in flight, and arming it is a runtime timer's reset, where HTTP/2's
+// SetWriteDeadline is a round trip to the connection's goroutine.
+type writeWatchdog struct {
+	// rc controls the server's own response writer, below Caddy's
+	// wrappers: theirs keep state that only the handler's goroutine may
+	// touch, and the watchdog fires on a goroutine of its own.
+	rc      *http.ResponseController
+	timeout time.Duration // <= 0: writes have no time limit of their own
+	timer   *time.Timer
+	// recut is set where a cut can be undone before the write it cuts
+	// begins: over HTTP/1 and HTTP/3 Caddy's write_idle timeout sets its
+	// own deadline before each write. Over HTTP/2 a cut resets the
+	// stream, for good.
+	recut bool
+
+	mu       sync.Mutex
+	writing  bool      // a write is in flight
+	deadline time.Time // the write in flight's; zero: none
+	// limit is when the last writes of a stream ended for a shutdown must
+	// be done; zero: no such limit.
+	limit time.Time
+	// cut says why writes are cut, once they are: every write from then
+	// on fails at once.
+	cut    error
+	closed bool
+}
+
+// Why a watchdog cut a stream's writes.
+var (
+	errWriteTimeout = errors.New("write timed out")
+	errDropped      = errors.New("stream dropped")
+)
+
+// cutRetry is how soon a cut is made again while the write it cut has not
+// returned: a wrapper above the watchdog (Caddy's write_idle timeout) may
+// have put its own deadline back before the write began.
+const cutRetry = 20 * time.Millisecond
+
+// newWriteWatchdog watches the writes to w.
+func newWriteWatchdog(w http.ResponseWriter, r *http.Request, timeout time.Duration) *writeWatchdog {
+	wd := &writeWatchdog{
+		rc:      http.NewResponseController(serverResponseWriter(w)),
+		timeout: timeout,
+		recut:   r.ProtoMajor != 2,
+	}
+	wd.timer = time.AfterFunc(unarmed, wd.fire)
+	return wd
+}
+
+// serverResponseWriter returns the response writer at the bottom of w's
+// wrappers, the one net/http (or quic-go) made for the request.
+func serverResponseWriter(w http.ResponseWriter) http.ResponseWriter {
+	for {
+		wrapper, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return w
+		}
+		w = wrapper.Unwrap()
+	}
+}
+
+// begin starts a write, or refuses it once writes are cut.
+func (wd *writeWatchdog) begin() error {
+	wd.mu.Lock()
+	defer wd.mu.Unlock()
+	if wd.cut != nil {
+		return wd.cut
+	}
+	wd.writing = true
+	wd.armLocked()
+	return nil
+}
+
+// progress notes that the write in flight moved on: its time limit starts
+// again.
+func (wd *writeWatchdog) progress() {
+	wd.mu.Lock()
+	wd.armLocked()
+	wd.mu.Unlock()
+}
+
+// end ends a write, and returns why writes were cut, if they were: the
+// write's own error then says only that the stream is broken.
+func (wd *writeWatchdog) end() error {
+	wd.mu.Lock()
+	defer wd.mu.Unlock()
+	wd.writing = false
+	wd.deadline = time.Time{}
+	wd.timer.Stop()
+	return wd.cut
+}
+
+// armLocked gives the write in flight its deadline: the write timeout from
+// now, no later than the shutdown limit.
+func (wd *writeWatchdog) armLocked() {
+	var deadline time.Time
+	if wd.timeout > 0 {
+		deadline = time.Now().Add(wd.timeout)
+	}
+	if !wd.limit.IsZero() && (deadline.IsZero() || wd.limit.Before(deadline)) {
+		deadline = wd.limit
+	}
+	wd.deadline = deadline
+	if deadline.IsZero() {
+		wd.timer.Stop()
+		return
+	}
+	wd.timer.Reset(time.Until(deadline))
+}
+
+// fire runs on the timer's goroutine when a write's deadline may have
+// passed.
+func (wd *writeWatchdog) fire() {
+	wd.mu.Lock()
+	defer wd.mu.Unlock()
+	if wd.closed || !wd.writing || wd.deadline.IsZero() {
+		return // the write ended meanwhile
+	}
+	if wait := time.Until(wd.deadline); wait > 0 {
+		wd.timer.Reset(wait) // a fire from before the write moved on
+		return
+	}
+	if wd.cut == nil {
+		wd.cut = errWriteTimeout
+	}
+	wd.cutLocked()
+}
+
+// interrupt cuts writes at once, the one in flight included: the
+// broadcaster dropped the stream. Safe from any goroutine.
+func (wd *writeWatchdog) interrupt() {
+	wd.mu.Lock()
+	defer wd.mu.Unlock()
+	if wd.cut == nil {
+		wd.cut = errDropped
+	}
+	if wd.writing {
+		wd.cutLocked()
+	}
+}
+
+// limitTo makes every write, the one in flight included, end by deadline:
+// the stream ends for a shutdown and writes what is queued first, but no
+// client may hold the shutdown up for longer. Safe from any goroutine.
+func (wd *writeWatchdog) limitTo(deadline time.Time) {
+	wd.mu.Lock()
+	defer wd.mu.Unlock()
+	wd.limit = deadline
+	if wd.writing {
+		wd.armLocked()
+	}
+}
+
+// cutLocked makes the write in flight fail: over HTTP/1 the connection's
+// deadline passes, over HTTP/2 the stream is reset, over HTTP/3 the
+// stream's deadline passes. It is made again shortly while the write has
+// not returned.
+func (wd *writeWatchdog) cutLocked() {
+	now := time.Now()
+	_ = wd.rc.SetWriteDeadline(now) // unsupported: nothing can cut the write
+	wd.deadline = now
+	if wd.recut {
+		wd.timer.Reset(cutRetry)
+	}
+}
+
+// abort cuts writes for good, in flight or not, so that nothing net/http
+// writes after the handler returns gets out: an HTTP/1 connection is then
+// closed rather than kept for another request, and an HTTP/2 stream is
+// reset. It must be called before the handler returns.
+func (wd *writeWatchdog) abort() {
+	wd.mu.Lock()
+	defer wd.mu.Unlock()
+	if wd.cut == nil {
+		wd.cut = errDropped
+	}
+	if !wd.closed {
+		_ = wd.rc.SetWriteDeadline(time.Now())
+	}
+}
+
+// close stops the watchdog. It must be called before the handler returns:
+// the server's response writer may not be used after that.
+func (wd *writeWatchdog) close() {
+	wd.mu.Lock()
+	defer wd.mu.Unlock()
+	wd.closed = true
+	wd.timer.Stop()
+}
