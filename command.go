@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
@@ -21,7 +22,9 @@ func init() {
 		Long: `
 Sends one event to every client streaming the channel from the running Caddy,
 through its admin API (POST /sse/broadcast). With --data -, the data is read
-from standard input. Data with line breaks is sent as one data field a line.
+from standard input, less one final line break (LF or CRLF), which ends the
+last line rather than adds an empty one: 'date | caddy sse-broadcast --data -'
+sends the date alone. Data with line breaks is sent as one data field a line.
 
 The admin endpoint is found the way 'caddy reload' finds it: from --address
 if given, else from the config file given with --config, else the default.
@@ -51,7 +54,7 @@ func cmdBroadcast(fl caddycmd.Flags) (int, error) {
 		if err != nil {
 			return caddy.ExitCodeFailedStartup, fmt.Errorf("reading data from standard input: %w", err)
 		}
-		data = string(stdin)
+		data = dropFinalLineBreak(string(stdin))
 	}
 
 	req := map[string]any{
@@ -92,4 +95,17 @@ func cmdBroadcast(fl caddycmd.Flags) (int, error) {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("reading the answer: %w", err)
 	}
 	return caddy.ExitCodeSuccess, nil
+}
+
+// dropFinalLineBreak removes one trailing LF or CRLF from data read from
+// standard input. Programs end their output with a line break that ends the
+// last line rather than starts another, and a shell's command substitution
+// drops it for that reason; sent as it is, it would become a final empty data: line,
+// and every page would see e.data end in "\n". Only one goes: a blank last
+// line is data.
+func dropFinalLineBreak(data string) string {
+	if trimmed, ok := strings.CutSuffix(data, "\n"); ok {
+		return strings.TrimSuffix(trimmed, "\r")
+	}
+	return data
 }
