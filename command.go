@@ -27,7 +27,10 @@ last line rather than adds an empty one: 'date | caddy sse-broadcast --data -'
 sends the date alone. Data with line breaks is sent as one data field a line.
 
 The admin endpoint is found the way 'caddy reload' finds it: from --address
-if given, else from the config file given with --config, else the default.
+if given, else from the admin option of the config file given with --config
+or, without --config, of the Caddyfile in the working directory if there is
+one, else the default (localhost:2019). A config with 'admin off' is an
+error: the command exits non-zero rather than try the default address.
 
 Prints the API's answer, with the id and the number of clients the event
 reached. A rejected event exits non-zero with the API's message.
@@ -82,7 +85,7 @@ func cmdBroadcast(fl caddycmd.Flags) (int, error) {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("encoding event: %w", err)
 	}
 
-	adminAddr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, fl.String("config"), fl.String("adapter"))
+	adminAddr, err := adminAddress(fl.String("address"), fl.String("config"), fl.String("adapter"))
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("finding the admin API address: %w", err)
 	}
@@ -95,6 +98,46 @@ func cmdBroadcast(fl caddycmd.Flags) (int, error) {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("reading the answer: %w", err)
 	}
 	return caddy.ExitCodeSuccess, nil
+}
+
+// adminAddress finds the admin endpoint the way `caddy reload` finds the one
+// it loads a config into: the address given, else the admin option of the
+// config file given or, without one, of a Caddyfile in the working directory,
+// else Caddy's default. caddycmd.DetermineAdminAPIAddress does not look for
+// the adjacent Caddyfile, so a command run beside the Caddyfile of a Caddy
+// on another address would publish to whatever listens on the default one.
+//
+// A config with its admin endpoint off is an error rather than a reason to
+// fall back to the default: the Caddy it runs cannot be reached, and one that
+// answers on the default address is another Caddy.
+func adminAddress(address, configFile, adapter string) (string, error) {
+	if address != "" {
+		return address, nil
+	}
+	// With no file named, LoadConfig loads an adjacent Caddyfile, and
+	// reports (on standard error) that it did.
+	config, configFile, _, err := caddycmd.LoadConfig(configFile, adapter)
+	if err != nil {
+		return "", fmt.Errorf("loading the config: %w", err)
+	}
+	if len(config) == 0 {
+		return caddy.DefaultAdminListen, nil
+	}
+	var cfg struct {
+		Admin *caddy.AdminConfig `json:"admin"`
+	}
+	if err := json.Unmarshal(config, &cfg); err != nil {
+		return "", fmt.Errorf("reading the admin option of %s: %w", configFile, err)
+	}
+	switch {
+	case cfg.Admin == nil:
+		return caddy.DefaultAdminListen, nil
+	case cfg.Admin.Disabled:
+		return "", fmt.Errorf("the admin endpoint is off in %s (admin off): a Caddy running that config cannot be published to; give --address to name an admin endpoint", configFile)
+	case cfg.Admin.Listen == "":
+		return caddy.DefaultAdminListen, nil
+	}
+	return cfg.Admin.Listen, nil
 }
 
 // dropFinalLineBreak removes one trailing LF or CRLF from data read from
