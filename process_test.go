@@ -118,8 +118,17 @@ func (p *caddyProcess) adminGet(t *testing.T, path string) []byte {
 // command runs the Caddy binary with args and stdin, and returns its
 // standard output, standard error and exit error.
 func (p *caddyProcess) command(stdin string, args ...string) (string, string, error) {
+	return runCaddyCommand(p.bin, "", stdin, args...)
+}
+
+// runCaddyCommand runs the Caddy binary bin with args and stdin in the
+// working directory dir (the test's own if dir is empty), as a user at a
+// shell in dir would, and returns its standard output, standard error and
+// exit error.
+func runCaddyCommand(bin, dir, stdin string, args ...string) (string, string, error) {
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(p.bin, args...)
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
 	cmd.Stdin = strings.NewReader(stdin)
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
