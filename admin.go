@@ -55,16 +55,6 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	}
 }
 
-// broadcastRequest is one event as the admin API takes it.
-type broadcastRequest struct {
-	Event   string          `json:"event"`
-	Data    json.RawMessage `json:"data"`
-	ID      string          `json:"id"`
-	Retry   json.RawMessage `json:"retry"`
-	Channel string          `json:"channel"`
-	Client  string          `json:"client"`
-}
-
 func (a *AdminAPI) handleBroadcast(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
@@ -173,75 +163,163 @@ func requireJSON(contentType string) error {
 
 // decodeBroadcast reads one event object or an array of them, and reports
 // which it was so that the answer can take the same shape.
+//
+// It walks the body once, with the decoder's tokens, rather than decoding
+// it into a struct: encoding/json would match field names in any case and
+// let the last of two equal names win, so that {"Channel":…} or a second
+// "channel" would send the event somewhere other than the publisher may
+// think.
 func decodeBroadcast(body []byte) (events []Event, batch bool, err error) {
-	trimmed := bytes.TrimLeft(body, " \t\r\n")
-	if len(trimmed) == 0 {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	tok, err := dec.Token()
+	if errors.Is(err, io.EOF) {
 		return nil, false, errors.New("request body is empty: send an event object or an array of them")
 	}
-	batch = trimmed[0] == '['
-
-	// Pointers, so that a null where an event belongs is told apart from
-	// an event with every field left out.
-	var reqs []*broadcastRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if batch {
-		err = dec.Decode(&reqs)
-	} else {
-		reqs = make([]*broadcastRequest, 1)
-		err = dec.Decode(&reqs[0])
-	}
 	if err != nil {
-		return nil, batch, describeJSONError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, batch, errors.New("invalid JSON: unexpected data after the top-level value")
-	}
-	if batch && len(reqs) == 0 {
-		return nil, batch, errors.New("the batch is empty")
+		return nil, false, describeJSONError(err)
 	}
 
-	events = make([]Event, len(reqs))
-	for i, req := range reqs {
-		if req == nil {
-			err := errors.New("an event must be a JSON object, got null")
-			if batch {
-				err = fmt.Errorf("event %d: %w", i, err)
-			}
-			return nil, batch, err
-		}
-		ev, err := req.toEvent()
-		if err != nil {
-			if batch {
+	if tok == json.Delim('[') {
+		batch = true
+		for i := 0; dec.More(); i++ {
+			ev, err := decodeEvent(dec)
+			if err != nil {
 				return nil, batch, fmt.Errorf("event %d: %w", i, err)
 			}
+			events = append(events, ev)
+		}
+		if _, err := nextToken(dec); err != nil { // the closing ']'
+			return nil, batch, describeJSONError(err)
+		}
+		if len(events) == 0 {
+			return nil, batch, errors.New("the batch is empty")
+		}
+	} else {
+		if tok != json.Delim('{') {
+			return nil, batch, notAnEvent(tok, false)
+		}
+		ev, err := decodeEventFields(dec)
+		if err != nil {
 			return nil, batch, err
 		}
-		events[i] = ev
+		events = []Event{ev}
+	}
+
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, batch, errors.New("invalid JSON: unexpected data after the top-level value")
 	}
 	return events, batch, nil
 }
 
-// toEvent turns the request's loosely typed fields into an Event.
-func (req *broadcastRequest) toEvent() (Event, error) {
-	ev := Event{Channel: req.Channel, Type: req.Event, ID: req.ID, Client: req.Client}
+// decodeEvent reads one event object of a batch.
+func decodeEvent(dec *json.Decoder) (Event, error) {
+	tok, err := nextToken(dec)
+	if err != nil {
+		return Event{}, describeJSONError(err)
+	}
+	if tok != json.Delim('{') {
+		return Event{}, notAnEvent(tok, true)
+	}
+	return decodeEventFields(dec)
+}
 
-	data, err := dataText(req.Data)
+// notAnEvent describes the value, read as tok, that stands where an event
+// object belongs: at the top of the body, or in a batch.
+func notAnEvent(tok json.Token, inBatch bool) error {
+	kind := "an array"
+	switch tok.(type) {
+	case nil:
+		return errors.New("an event must be a JSON object, got null")
+	case string:
+		kind = "a string"
+	case float64:
+		kind = "a number"
+	case bool:
+		kind = "a boolean"
+	}
+	if inBatch {
+		return fmt.Errorf("an event must be a JSON object, got %s", kind)
+	}
+	return fmt.Errorf("invalid JSON: expected an event object or an array of them, got %s", kind)
+}
+
+// eventFieldNames lists the fields of an event object, for error messages.
+const eventFieldNames = "event, data, id, retry, channel, client"
+
+// decodeEventFields reads the fields of an event object whose '{' has been
+// read, up to and including its '}'. Names must match exactly, each at most
+// once.
+func decodeEventFields(dec *json.Decoder) (Event, error) {
+	var ev Event
+	var data, retry json.RawMessage
+	var seen [6]bool
+	for dec.More() {
+		tok, err := nextToken(dec)
+		if err != nil {
+			return Event{}, describeJSONError(err)
+		}
+		name, _ := tok.(string) // the decoder returns names as strings, or fails
+		var field int
+		var value any
+		switch name {
+		case "event":
+			field, value = 0, &ev.Type
+		case "data":
+			field, value = 1, &data
+		case "id":
+			field, value = 2, &ev.ID
+		case "retry":
+			field, value = 3, &retry
+		case "channel":
+			field, value = 4, &ev.Channel
+		case "client":
+			field, value = 5, &ev.Client
+		default:
+			return Event{}, &FieldError{Field: name, Reason: "unknown field; fields are " + eventFieldNames}
+		}
+		if seen[field] {
+			return Event{}, &FieldError{Field: name, Reason: "is given twice"}
+		}
+		seen[field] = true
+		if err := dec.Decode(value); err != nil {
+			if typeErr := (*json.UnmarshalTypeError)(nil); errors.As(err, &typeErr) {
+				return Event{}, &FieldError{Field: name, Reason: fmt.Sprintf("must be a %s, got %s", typeErr.Type, typeErr.Value)}
+			}
+			if errors.Is(err, io.EOF) { // the body ends after the name
+				err = io.ErrUnexpectedEOF
+			}
+			return Event{}, describeJSONError(err)
+		}
+	}
+	if _, err := nextToken(dec); err != nil { // the closing '}'
+		return Event{}, describeJSONError(err)
+	}
+
+	text, err := dataText(data)
 	if err != nil {
 		return Event{}, err
 	}
-	ev.Data = data
-
-	if len(req.Retry) > 0 && string(req.Retry) != "null" {
-		ms, err := strconv.ParseUint(string(req.Retry), 10, 32)
+	ev.Data = text
+	if len(retry) > 0 && string(retry) != "null" {
+		ms, err := strconv.ParseUint(string(retry), 10, 32)
 		if err != nil {
 			return Event{}, &FieldError{Field: "retry",
-				Reason: fmt.Sprintf("must be a non-negative whole number of milliseconds, got %s", req.Retry)}
+				Reason: fmt.Sprintf("must be a non-negative whole number of milliseconds, got %s", retry)}
 		}
-		retry := time.Duration(ms) * time.Millisecond
-		ev.Retry = &retry
+		delay := time.Duration(ms) * time.Millisecond
+		ev.Retry = &delay
 	}
 	return ev, nil
+}
+
+// nextToken is dec.Token for a body that must go on: its end there is a
+// truncated body, not a finished one.
+func nextToken(dec *json.Decoder) (json.Token, error) {
+	tok, err := dec.Token()
+	if errors.Is(err, io.EOF) {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return tok, err
 }
 
 // dataText returns a JSON string's text as it is, and any other JSON value
@@ -264,15 +342,13 @@ func dataText(raw json.RawMessage) (string, error) {
 	return compact.String(), nil
 }
 
-// describeJSONError turns a decoding error into a message that names the
-// field at fault where there is one.
+// describeJSONError turns an error of the decoder's into the answer's
+// message.
 func describeJSONError(err error) error {
-	var typeErr *json.UnmarshalTypeError
-	if errors.As(err, &typeErr) {
-		if typeErr.Field == "" {
-			return fmt.Errorf("invalid JSON: expected an event object or an array of them, got %s", typeErr.Value)
-		}
-		return &FieldError{Field: typeErr.Field, Reason: fmt.Sprintf("must be a %s, got %s", typeErr.Type, typeErr.Value)}
+	// Reading a token fails with a type error only for a number too large
+	// for a float64, and a number can only stand where an event belongs.
+	if typeErr := (*json.UnmarshalTypeError)(nil); errors.As(err, &typeErr) {
+		return fmt.Errorf("invalid JSON: expected an event object, got %s", typeErr.Value)
 	}
 	return fmt.Errorf("invalid JSON: %w", err)
 }

@@ -46,7 +46,17 @@ func TestBadBroadcastsAreRejectedAndReachNoClient(t *testing.T) {
 		{"retry as a string", "POST", "application/json", `{"channel":"news","retry":"3000","data":"x"}`, 400, `field "retry"`},
 		{"malformed JSON", "POST", "application/json", `{"channel":"news","data":`, 400, "invalid JSON"},
 		{"trailing data", "POST", "application/json", `{"channel":"news","data":"x"} {"data":"y"}`, 400, "unexpected data after"},
-		{"unknown field", "POST", "application/json", `{"channel":"news","data":"x","colour":"red"}`, 400, `unknown field "colour"`},
+		{"unknown field", "POST", "application/json", `{"channel":"news","data":"x","colour":"red"}`, 400, `field "colour": unknown field; fields are event, data, id, retry, channel, client`},
+		// encoding/json alone would match field names in any case, and
+		// let the last of two equal names win.
+		{"field name in another case", "POST", "application/json", `{"channel":"news","Data":"x"}`, 400, `field "Data": unknown field; fields are event, data, id, retry, channel, client`},
+		{"field name in capitals", "POST", "application/json", `{"CHANNEL":"news","data":"x"}`, 400, `field "CHANNEL": unknown field`},
+		{"field given twice", "POST", "application/json", `{"channel":"news","data":"a","data":"b"}`, 400, `field "data": is given twice`},
+		{"channel given twice", "POST", "application/json", `{"channel":"elsewhere","channel":"news","data":"x"}`, 400, `field "channel": is given twice`},
+		{"field given twice, once escaped", "POST", "application/json", `{"channel":"news","id":"1","\u0069d":"2","data":"x"}`, 400, `field "id": is given twice`},
+		{"field given twice in other cases", "POST", "application/json", `{"channel":"news","data":"a","Data":"b"}`, 400, `field "Data": unknown field`},
+		{"field given twice in a batch", "POST", "application/json", `[{"channel":"news","data":"ok"},{"channel":"news","id":"1","id":"2"}]`, 400, `event 1: field "id": is given twice`},
+		{"field name in another case in a batch", "POST", "application/json", `[{"channel":"news","data":"ok"},{"channel":"news","Event":"x"}]`, 400, `event 1: field "Event": unknown field`},
 		{"wrong type for event", "POST", "application/json", `{"channel":"news","event":5,"data":"x"}`, 400, `field "event": must be a string`},
 		{"wrong type for channel", "POST", "application/json", `{"channel":["news"],"data":"x"}`, 400, `field "channel"`},
 		{"not an object", "POST", "application/json", `"just a string"`, 400, "expected an event object"},
@@ -108,6 +118,15 @@ func TestBatchIsPublishedInOrderAndAnsweredAsAnArray(t *testing.T) {
 	assert.Equal(t, "third", ev.Data)
 	assert.Equal(t, "named", ev.Type)
 	assert.Equal(t, "c", ev.LastEventID)
+}
+
+// Only the event's own fields are checked: data is any JSON value, sent as
+// its compact text with whatever names it holds.
+func TestDataMayHoldAnyNamesEvenTheEventFields(t *testing.T) {
+	ts := startCaddy(t, adminCaddyfile)
+	s := openStream(t, nil, ts.url("/"))
+	ts.mustBroadcast(`{"channel":"news","data":{"Data":1, "data":2, "data":3}}`)
+	assert.Equal(t, `{"Data":1,"data":2,"data":3}`, s.next().Data)
 }
 
 func TestBodyAtTheLimitIsAccepted(t *testing.T) {

@@ -44,19 +44,33 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	    takeover        on | off          # take HTTP/1 connections over after the headers; default on
 //	    greeting                          # open with a "connected" event naming the client's id
 //	}
+//
+// The channel is named once: as the directive's argument or in the block.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 
+	// The channel may be named once, either way: a second name would
+	// otherwise silently win over the first.
+	channelInArg := false
 	if d.NextArg() {
 		h.Channel = d.Val()
+		channelInArg = true
 		if d.NextArg() {
 			return d.ArgErr()
 		}
 	}
 
+	channelInBlock := false
 	for d.NextBlock(0) {
 		switch d.Val() {
 		case "channel":
+			if channelInArg {
+				return d.Err("the channel is given both as the directive's argument and in the block: give it once")
+			}
+			if channelInBlock {
+				return d.Err("channel is given twice in the block: give it once")
+			}
+			channelInBlock = true
 			if !d.NextArg() {
 				return d.ArgErr()
 			}

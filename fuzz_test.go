@@ -132,6 +132,8 @@ func FuzzAdminBroadcastAnswers2xxOr4xxWithJSON(f *testing.F) {
 	f.Add(jsonType, `{"retry":1e3}`)
 	f.Add(jsonType, `{"retry":"3000"}`)
 	f.Add(jsonType, `{"data":"x","colour":"red"}`)
+	f.Add(jsonType, `{"Data":"x","CHANNEL":"news"}`)
+	f.Add(jsonType, `[{"data":"a","d\u0061ta":"b"}]`)
 	f.Add(jsonType, `{"data":"x"} {"data":"y"}`)
 	f.Add(jsonType, `{"data":"a\r\nb\u0000c\ud800"}`)
 	f.Add(jsonType, `{"id":"1\u00002"}`)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -208,6 +209,24 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("max_clients must not be negative, got %d", h.MaxClients)
 	case h.FlushInterval < 0:
 		return fmt.Errorf("flush_interval must not be negative, got %s", time.Duration(h.FlushInterval))
+	}
+	// A channel without placeholders is the same for every request: one
+	// that cannot be a channel would have every request answered 400. A
+	// channel with placeholders is checked per request, once resolved.
+	if !strings.Contains(h.Channel, "{") {
+		limits := broadcastLimits{maxChannelLength: h.app.MaxChannelLength}
+		err := validateChannel(h.Channel)
+		if err == nil {
+			err = limits.checkChannel(h.Channel)
+		}
+		if err != nil {
+			// The reason alone: the field is the handler's option here,
+			// not the admin API's.
+			if fieldErr := (*FieldError)(nil); errors.As(err, &fieldErr) {
+				err = errors.New(fieldErr.Reason)
+			}
+			return fmt.Errorf("channel %q: %w", h.Channel, err)
+		}
 	}
 	return nil
 }

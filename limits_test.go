@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -78,5 +79,36 @@ func TestChannelsOverMaxChannelsAreRefusedWith503(t *testing.T) {
 
 	ts.mustBroadcast(`{"channel":"a","data":"sentinel"}`)
 	assert.Equal(t, "sentinel", a.next().Data, "nothing of the refused batch arrived")
-	assert.Len(t, ts.stats().Channels, 2)
+	st := ts.stats()
+	assert.Len(t, st.Channels, 2)
+	assert.Zero(t, st.Rejected, "rejected counts refusals over max_clients only, as documented")
+}
+
+// A channel exists while it has events to replay, whether or not anyone
+// listens: each channel published to takes a place under max_channels until
+// its last event is older than replay_ttl.
+func TestAChannelWithOnlyEventsToReplayCountsAgainstMaxChannelsUntilTheyExpire(t *testing.T) {
+	// The TTL leaves the test ample time to be refused before it expires,
+	// even on a loaded machine.
+	ts := startCaddy(t, `{
+	{GLOBAL}
+	sse {
+		max_channels 2
+		replay_ttl 2s
+	}
+}
+:{HTTP} {
+	sse_broadcast {query.channel} {
+		keepalive off
+	}
+}`)
+	ts.mustBroadcast(`{"channel":"a","data":"nobody listens"}`)
+	ts.mustBroadcast(`{"channel":"b","data":"nobody listens"}`)
+	refused := dialStream(t, nil, ts.url("/?channel=c"))
+	require.Equal(t, http.StatusServiceUnavailable, refused.resp.StatusCode)
+	assert.Equal(t, map[string]ChannelStats{"a": {Replayable: 1}, "b": {Replayable: 1}}, ts.stats().Channels)
+
+	require.Eventually(t, func() bool { return len(ts.stats().Channels) == 0 }, awaitTimeout, 20*time.Millisecond,
+		"the channels outlived their events")
+	openStream(t, nil, ts.url("/?channel=c"))
 }

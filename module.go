@@ -104,8 +104,9 @@ type App struct {
 	MaxEventSize int `json:"max_event_size,omitempty"`
 
 	// MaxChannels bounds how many channels exist at once (a channel exists
-	// while it has clients or events to replay). A stream or a publish that
-	// would make a new channel over it is refused with 503. Default:
+	// while it has clients or events to replay: one with no client counts
+	// until its last event is older than ReplayTTL). A stream or a publish
+	// that would make a new channel over it is refused with 503. Default:
 	// 100000.
 	MaxChannels int `json:"max_channels,omitempty"`
 

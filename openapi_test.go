@@ -77,6 +77,12 @@ func TestAdminAPIMatchesOpenAPIDocument(t *testing.T) {
 			body: `{"channel":`, status: 400, docRejects: true},
 		{name: "unknown field", method: post, path: "/sse/broadcast", contentType: ct,
 			body: `{"channel":"news","colour":"red"}`, status: 400, docRejects: true},
+		{name: "field name in another case", method: post, path: "/sse/broadcast", contentType: ct,
+			body: `{"channel":"news","Data":"x"}`, status: 400, docRejects: true},
+		// A JSON Schema cannot tell duplicate names apart; the document
+		// says so in words.
+		{name: "field given twice", method: post, path: "/sse/broadcast", contentType: ct,
+			body: `{"channel":"news","data":"a","data":"b"}`, status: 400},
 		{name: "line break in the event name", method: post, path: "/sse/broadcast", contentType: ct,
 			body: `{"channel":"news","event":"a\nid: 9"}`, status: 400, docRejects: true},
 		{name: "NUL in the id", method: post, path: "/sse/broadcast", contentType: ct,
