@@ -597,9 +597,9 @@ type Stats struct {
 	Replayed uint64 `json:"replayed"`
 	// ReplayBytes is the memory the replay windows hold, in bytes.
 	ReplayBytes int64 `json:"replay_bytes"`
-	// Rejected counts stream requests refused because a max_clients limit,
-	// a handler's or the app's, was reached. Refusals over max_channels
-	// are not counted, nor are refused publishes.
+	// Rejected counts stream requests refused over a limit: a max_clients,
+	// the handler's or the app's, or the app's max_channels. Refused
+	// publishes are not counted.
 	Rejected uint64 `json:"rejected"`
 	// Disconnects counts streams the server ended, by reason.
 	Disconnects DisconnectStats `json:"disconnects"`

@@ -85,6 +85,11 @@ func awaitPage(t *testing.T, ctx context.Context, what string, cond func(demoSta
 // demoSite serves the demo page and its streams, as Caddyfile.example does,
 // with a short retry so that reconnects come quickly.
 func demoSite(address string) string {
+	return demoSiteWith(address, "")
+}
+
+// demoSiteWith is demoSite with more options for the page's stream.
+func demoSiteWith(address, streamOptions string) string {
 	demoDir, _ := filepath.Abs("demo")
 	return address + ` {
 	route /events {
@@ -92,6 +97,7 @@ func demoSite(address string) string {
 			channel demo
 			retry 200ms
 			greeting
+			` + streamOptions + `
 		}
 	}
 	route /topics {
@@ -119,6 +125,30 @@ func TestBrowserReceivesEveryEventOnceThroughDisconnectsAndReloads(t *testing.T)
 		ctx := startBrowser(t, acceptCertificateOf(t, ts.http))
 		browseDemo(t, ts, ctx, "https://"+ts.http+"/", "h2", caddyfile)
 	})
+}
+
+// A page whose stream stays quiet, over HTTP/2, for longer than the
+// stream's write_timeout keeps its stream: no reset, no reconnect, the same
+// client, and the next event arrives on it.
+func TestABrowsersQuietHTTP2StreamOutlivesItsWriteTimeout(t *testing.T) {
+	const writeTimeout = 300 * time.Millisecond
+	caddyfile := tlsGlobals + demoSiteWith("https://127.0.0.1:{HTTP}", fmt.Sprintf("write_timeout %s\n\t\t\tkeepalive off", writeTimeout))
+	ts := startCaddy(t, caddyfile)
+	ctx := startBrowser(t, acceptCertificateOf(t, ts.http))
+	_, err := chromedp.Run(ctx, chromedp.Navigate("https://"+ts.http+"/"))
+	require.NoError(t, err)
+	require.Equal(t, "h2", evaluate[string](t, ctx, `performance.getEntriesByType("navigation")[0].nextHopProtocol`))
+	first := awaitPage(t, ctx, "got its greeting", func(st demoState) bool { return st.ClientID != "" })
+
+	// The silence under test: five write timeouts without a byte.
+	time.Sleep(5 * writeTimeout)
+
+	res := ts.mustBroadcast(`{"channel":"demo","data":"after the silence"}`)
+	last := awaitPage(t, ctx, "received the event", func(st demoState) bool { return len(st.Received) == 1 })
+	assert.Equal(t, []pageEvent{{Type: "message", ID: res.ID, Data: "after the silence"}}, last.Received)
+	assert.Equal(t, 1, last.Opens, "the page never reconnected")
+	assert.Equal(t, first.ClientID, last.ClientID, "the same client, on the same stream")
+	assert.Zero(t, ts.stats().Disconnects.WriteTimeout)
 }
 
 // tlsGlobals serves HTTPS with Caddy's internal issuer on a test port.

@@ -280,6 +280,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("channel %q resolved to %q: %w", h.Channel, channel, err))
 	}
 	if err != nil {
+		if errors.Is(err, errTooManyChannels) {
+			// max_clients refusals are counted where they are made.
+			h.app.broadcaster.rejected.Add(1)
+		}
 		return h.refuse(w, err)
 	}
 	defer func() {

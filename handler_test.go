@@ -219,30 +219,6 @@ func TestStreamWithAnInvalidChannelGets400(t *testing.T) {
 	assert.Equal(t, 0, ts.stats().Clients)
 }
 
-func TestStreamOutlivesServerIdleTimeouts(t *testing.T) {
-	ts := startCaddy(t, `{
-	{GLOBAL}
-	servers {
-		timeouts {
-			read_body_idle 100ms
-			read_header 100ms
-			write_idle 100ms
-			idle 100ms
-		}
-	}
-}
-:{HTTP} {
-	sse_broadcast {
-		keepalive 300ms
-	}
-}`)
-	s := openStream(t, nil, ts.url("/"))
-	// Each gap between writes is longer than every timeout above.
-	s.raw.awaitCount(t, ": keep-alive\n\n", 3)
-	ts.mustBroadcast(`{"data":"still here"}`)
-	assert.Equal(t, "still here", s.next().Data)
-}
-
 func TestLeavingClientIsUnsubscribed(t *testing.T) {
 	ts := startCaddy(t, newsCaddyfile)
 	stay := openStream(t, nil, ts.url("/events"))

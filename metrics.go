@@ -25,7 +25,7 @@ var (
 		"Events replayed to clients that resumed with Last-Event-ID.", nil, nil)
 	droppedDesc = prometheus.NewDesc("caddy_sse_clients_dropped_total",
 		"Clients the server disconnected or refused, by reason: slow (queue overflowed), "+
-			"write_timeout, limit (refused over max_clients), shutdown (reload or stop), kicked (admin API).",
+			"write_timeout, limit (a stream refused over max_clients or max_channels), shutdown (reload or stop), kicked (admin API).",
 		[]string{"reason"}, nil)
 )
 

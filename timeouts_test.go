@@ -46,6 +46,12 @@ func protocols(set func(*http.Protocols)) *http.Protocols {
 // site's scheme and address depend on whether the protocol needs TLS.
 func startCaddyOn(t *testing.T, withTLS bool, handlerOptions string) (*testServer, string) {
 	t.Helper()
+	return startCaddyWithServerOn(t, withTLS, "", handlerOptions)
+}
+
+// startCaddyWithServerOn is startCaddyOn with more options for the server.
+func startCaddyWithServerOn(t *testing.T, withTLS bool, serverOptions, handlerOptions string) (*testServer, string) {
+	t.Helper()
 	scheme, site := "http", ":{HTTP}"
 	if withTLS {
 		scheme, site = "https", "https://127.0.0.1:{HTTP}"
@@ -57,6 +63,7 @@ func startCaddyOn(t *testing.T, withTLS bool, handlerOptions string) (*testServe
 	auto_https disable_redirects
 	servers {
 		protocols h1 h2 h2c h3
+		`+serverOptions+`
 	}
 }
 `+site+` {
@@ -107,6 +114,37 @@ func TestAQuietStreamOutlivesItsWriteTimeoutOnEveryProtocol(t *testing.T) {
 			st := ts.stats()
 			assert.Zero(t, st.Disconnects.WriteTimeout, "nothing timed out")
 			assert.NotContains(t, strings.TrimPrefix(s.raw.String(), ": open\n\n"), ": open", "no second stream")
+		})
+	}
+}
+
+// Caddy's idle timeouts bound idle connections and stalled transfers, not
+// a stream that is quiet: one with nothing to send for longer than every
+// one of them keeps its stream, on every protocol.
+func TestAQuietStreamOutlivesTheServersIdleTimeoutsOnEveryProtocol(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	for _, proto := range streamProtocols {
+		t.Run(proto.name, func(t *testing.T) {
+			ts, url := startCaddyWithServerOn(t, proto.tls, fmt.Sprintf(`timeouts {
+			read_body_idle %[1]s
+			read_header %[1]s
+			write_idle %[1]s
+			idle %[1]s
+		}`, timeout), "keepalive off\n\t\tgreeting\n\t\ttakeover "+proto.takeover)
+			s := openStream(t, &http.Client{Transport: proto.transport(t)}, url)
+			require.Equal(t, proto.wantMajor, s.resp.ProtoMajor)
+			id := greetingOf(t, s)
+
+			// The silence under test: longer than every timeout above.
+			time.Sleep(6 * timeout)
+
+			res := ts.mustBroadcast(`{"data":"still here"}`)
+			ev := s.next()
+			assert.Equal(t, "still here", ev.Data)
+			assert.Equal(t, res.ID, ev.LastEventID)
+			clients := ts.clients("")
+			require.Len(t, clients.Clients, 1)
+			assert.Equal(t, id, clients.Clients[0].ID, "the same client, on the same stream")
 		})
 	}
 }
