@@ -133,7 +133,7 @@ func (a *AdminAPI) handleClient(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return apiError(http.StatusNotFound, err)
 		}
-		for _, info := range b.clientList(s.channel) {
+		for _, info := range b.clientList(s.channels[0]) {
 			if info.ID == id {
 				return writeJSON(w, info)
 			}
@@ -145,9 +145,9 @@ func (a *AdminAPI) handleClient(w http.ResponseWriter, r *http.Request) error {
 		return apiError(http.StatusNotFound, err)
 	}
 	return writeJSON(w, struct {
-		Disconnected string `json:"disconnected"`
-		Channel      string `json:"channel"`
-	}{s.id, s.channel})
+		Disconnected string   `json:"disconnected"`
+		Channels     []string `json:"channels"`
+	}{s.id, s.channels})
 }
 
 // requireJSON accepts an application/json body only. Besides saying what the

@@ -34,8 +34,8 @@ func subscribed(n int) (*broadcaster, []*subscriber) {
 	b := newBroadcaster(broadcastLimits{events: 1000, bytes: 4 << 20, ttl: DefaultReplayTTL, totalBytes: DefaultReplayTotalBytes})
 	subs := make([]*subscriber, n)
 	for i := range subs {
-		subs[i] = newSubscriber("bench", DefaultMaxQueue, DefaultMaxQueueBytes)
-		b.subscribe(subs[i], "", false)
+		subs[i] = newSubscriber([]string{"bench"}, DefaultMaxQueue, DefaultMaxQueueBytes)
+		b.subscribe(subs[i], resumeRequest{})
 	}
 	return b, subs
 }

@@ -1,6 +1,7 @@
 package ssebroadcast
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -19,9 +20,27 @@ import (
 // side) and fanOut numbers the encoded event, keeps it for replay and queues
 // it for this node's subscribers. A transport between nodes belongs between
 // the two.
+//
+// Events are numbered and fanned out one at a time, in one order over all
+// channels (orderMu), and a stream joins its channels in that order too:
+// a stream of several channels then receives their events in id order,
+// with ids strictly increasing, however many publishers publish at once.
 type broadcaster struct {
+	// orderMu orders every numbering and fan-out, and every stream's
+	// joining of its channels, over all channels.
+	orderMu sync.Mutex
+
 	mu       sync.RWMutex
 	channels map[string]*channel
+	// forgotten holds, for channels removed from the map, the newest
+	// event each let go, so that a client resuming on a channel that was
+	// idle for a while still learns that it missed events; forgottenFloor
+	// stands for the channels pruned from it. Guarded by mu.
+	forgotten      map[string]uint64
+	forgottenFloor uint64
+	// bootSeq is below every sequence number this process assigns: an id
+	// under it is from before a restart.
+	bootSeq uint64
 
 	// clientsMu guards clients, every connected subscriber by its id.
 	clientsMu sync.RWMutex
@@ -56,11 +75,14 @@ type broadcaster struct {
 // resuming subscriber switches from replay to live.
 type channel struct {
 	name string
+	// namePrefix is the "event:" field that names an unnamed event after
+	// the channel, for streams that ask for it.
+	namePrefix []byte
 
 	mu sync.Mutex
 	// subscribers is a slice, walked in memory order on every publish;
 	// each subscriber knows its index, so leaving is O(1).
-	subscribers []*subscriber
+	subscribers []member
 	window      replayWindow
 	// removed is set, under both the broadcaster's and the channel's lock,
 	// when the channel leaves the map; whoever holds a stale pointer to it
@@ -71,9 +93,18 @@ type channel struct {
 	toSchedule []*subscriber
 }
 
+// member is a subscriber in a channel's list, with the slot of the
+// channel among its memberships.
+type member struct {
+	s    *subscriber
+	slot int
+}
+
 func newBroadcaster(limits broadcastLimits) *broadcaster {
 	b := &broadcaster{
 		channels:    make(map[string]*channel),
+		forgotten:   make(map[string]uint64),
+		bootSeq:     uint64(time.Now().UnixMicro()),
 		clients:     make(map[string]*subscriber),
 		writers:     newWriterPool(),
 		stopJanitor: make(chan struct{}),
@@ -129,7 +160,10 @@ func (b *broadcaster) lockChannel(name string, create bool, maxChannels int) (*c
 					b.mu.Unlock()
 					return nil, fmt.Errorf("%w: %d channels exist, the sse app's max_channels", errTooManyChannels, len(b.channels))
 				}
-				ch = &channel{name: name}
+				ch = &channel{name: name, namePrefix: appendField(nil, "event", name)}
+				// What the channel let go before it was last removed.
+				ch.window.lost = max(b.forgotten[name], b.forgottenFloor)
+				delete(b.forgotten, name)
 				b.channels[name] = ch
 			}
 			b.mu.Unlock()
@@ -160,34 +194,38 @@ func (b *broadcaster) removeIfIdle(ch *channel) {
 	}
 	ch.removed = true
 	delete(b.channels, ch.name)
+	b.forgetLocked(ch.name, ch.window.lost)
 }
 
-// subscribe adds s to its channel. With resume set, s first receives the
-// events the window holds after lastEventID; taking them and joining the
-// live subscribers under the channel's lock means no event published
-// meanwhile is missed or sent twice.
-func (b *broadcaster) subscribe(s *subscriber, lastEventID string, resume bool) error {
-	limits := b.limits.Load()
-	if err := limits.checkChannel(s.channel); err != nil {
-		return err
+// forgetLocked remembers that channel let go of the event numbered seq,
+// while the channel is not in the map; b.mu is held. The memory is
+// bounded: past maxForgotten channels, the half that let go of the oldest
+// events are folded into forgottenFloor, which stands for every channel
+// not remembered, at the cost of a reset too many for some of them.
+func (b *broadcaster) forgetLocked(channel string, seq uint64) {
+	if seq <= b.forgottenFloor {
+		return
 	}
-	ch, err := b.lockChannel(s.channel, true, limits.maxChannels)
-	if err != nil {
-		return err
+	b.forgotten[channel] = max(b.forgotten[channel], seq)
+	if len(b.forgotten) <= maxForgotten {
+		return
 	}
-	defer ch.mu.Unlock()
-	if resume && limits.events > 0 {
-		s.replay, _ = ch.window.after(lastEventID, *limits, time.Now())
-		b.replayed.Add(uint64(len(s.replay)))
+	seqs := make([]uint64, 0, len(b.forgotten))
+	for _, seq := range b.forgotten {
+		seqs = append(seqs, seq)
 	}
-	s.index = len(ch.subscribers)
-	ch.subscribers = append(ch.subscribers, s)
-	s.ch = ch
-	b.clientsMu.Lock()
-	b.clients[s.id] = s
-	b.clientsMu.Unlock()
-	return nil
+	slices.Sort(seqs)
+	b.forgottenFloor = seqs[len(seqs)/2]
+	for name, seq := range b.forgotten {
+		if seq <= b.forgottenFloor {
+			delete(b.forgotten, name)
+		}
+	}
 }
+
+// maxForgotten bounds how many removed channels' losses are remembered one
+// by one.
+const maxForgotten = 100000
 
 // checkChannel refuses a channel name longer than maxChannelLength.
 func (limits *broadcastLimits) checkChannel(name string) error {
@@ -210,25 +248,31 @@ func (limits *broadcastLimits) checkEvent(ev *Event) error {
 	return nil
 }
 
-// unsubscribe removes s from its channel, and the channel once it is idle.
+// unsubscribe removes s from its channels, and each channel once it is
+// idle.
 func (b *broadcaster) unsubscribe(s *subscriber) {
-	ch := s.ch
-	if ch == nil {
+	if len(s.memberships) == 0 {
 		return
 	}
 	b.clientsMu.Lock()
 	delete(b.clients, s.id)
 	b.clientsMu.Unlock()
-	ch.mu.Lock()
-	last := len(ch.subscribers) - 1
-	moved := ch.subscribers[last]
-	ch.subscribers[s.index], moved.index = moved, s.index
-	ch.subscribers[last] = nil
-	ch.subscribers = ch.subscribers[:last]
-	idle := len(ch.subscribers) == 0 && ch.window.len() == 0
-	ch.mu.Unlock()
-	if idle {
-		b.removeIfIdle(ch)
+	for i := range s.memberships {
+		ch := s.memberships[i].ch
+		ch.mu.Lock()
+		// The index moves, under the channel's lock, as others leave.
+		index := s.memberships[i].index
+		last := len(ch.subscribers) - 1
+		moved := ch.subscribers[last]
+		ch.subscribers[index] = moved
+		moved.s.memberships[moved.slot].index = index
+		ch.subscribers[last] = member{}
+		ch.subscribers = ch.subscribers[:last]
+		idle := len(ch.subscribers) == 0 && ch.window.len() == 0
+		ch.mu.Unlock()
+		if idle {
+			b.removeIfIdle(ch)
+		}
 	}
 }
 
@@ -238,6 +282,34 @@ type preparedEvent struct {
 	channel string
 	id      string // empty until fanOut assigns one
 	frame   []byte
+	// unnamed is set when the publisher gave the event no name; named is
+	// then its frame with the channel as its name, made when a stream
+	// first asks for it.
+	unnamed bool
+	named   []byte
+}
+
+// frameFor returns the frame to queue for s: the event as published, or,
+// for a stream that names events by their channel, with the channel's
+// name where the publisher gave none.
+func (ev *preparedEvent) frameFor(s *subscriber, ch *channel) []byte {
+	if !ev.unnamed || !s.nameByChannel {
+		return ev.frame
+	}
+	if ev.named == nil {
+		ev.named = withEventName(ev.frame, ch.namePrefix)
+	}
+	return ev.named
+}
+
+// withEventName returns frame with the event field namePrefix after its
+// first line, the id that every published event has.
+func withEventName(frame, namePrefix []byte) []byte {
+	idLine := bytes.IndexByte(frame, '\n') + 1
+	named := make([]byte, 0, len(frame)+len(namePrefix))
+	named = append(named, frame[:idLine]...)
+	named = append(named, namePrefix...)
+	return append(named, frame[idLine:]...)
 }
 
 // idDigitsAt is where an assigned id's digits stand in a frame encoded with
@@ -287,9 +359,9 @@ func (b *broadcaster) publish(events []Event) ([]Result, error) {
 	results := make([]Result, len(events))
 	for i := range events {
 		ev := events[i]
-		prep := preparedEvent{channel: ev.channelName(), id: ev.ID}
-		if targets[i] != nil {
-			prep.channel = targets[i].channel
+		prep := preparedEvent{channel: ev.channelName(), id: ev.ID, unnamed: ev.Type == ""}
+		if targets[i] != nil && ev.Channel == "" {
+			prep.channel = targets[i].channels[0]
 		}
 		if ev.ID == "" {
 			// Encode with a placeholder of the assigned id's width, so
@@ -298,11 +370,13 @@ func (b *broadcaster) publish(events []Event) ([]Result, error) {
 		}
 		prep.frame = ev.encode(make([]byte, 0, ev.encodedSize()))
 		var clients int
+		b.orderMu.Lock()
 		if targets[i] != nil {
 			clients = b.sendTo(targets[i], &prep)
 		} else {
 			clients = b.fanOut(&prep)
 		}
+		b.orderMu.Unlock()
 		results[i] = Result{Channel: prep.channel, ID: prep.id, Clients: clients}
 	}
 	return results, nil
@@ -312,7 +386,8 @@ var seqPlaceholder = string(appendSeq(nil, 0))
 
 // fanOut numbers the event, keeps it in its channel's window and queues it
 // for every subscriber of the channel on this node. It returns how many
-// subscribers it was queued for, and never waits on a client.
+// subscribers it was queued for, and never waits on a client. The caller
+// holds orderMu.
 func (b *broadcaster) fanOut(ev *preparedEvent) int {
 	b.published.Add(1)
 	limits := b.limits.Load()
@@ -326,6 +401,11 @@ func (b *broadcaster) fanOut(ev *preparedEvent) int {
 		ev.id = string(ev.frame[idDigitsAt : idDigitsAt+seqDigits])
 	}
 	if ch == nil {
+		// With replay off, and no stream on the channel: the event is
+		// lost to anyone who resumes on it later.
+		b.mu.Lock()
+		b.forgetLocked(ev.channel, seq)
+		b.mu.Unlock()
 		return 0
 	}
 
@@ -335,8 +415,9 @@ func (b *broadcaster) fanOut(ev *preparedEvent) int {
 		for ch.window.len() > 0 {
 			b.windowBytes.Add(-int64(ch.window.dropOldest()))
 		}
+		ch.window.lost = seq
 	} else {
-		entry := windowEntry{seq: seq, id: ev.id, frame: ev.frame, published: now}
+		entry := windowEntry{seq: seq, id: ev.id, frame: ev.frame, published: now, unnamed: ev.unnamed}
 		ch.window.append(entry)
 		added := int64(entry.cost() - ch.window.trim(*limits, now))
 		// Over the total, the channel that publishes gives back its own
@@ -347,8 +428,9 @@ func (b *broadcaster) fanOut(ev *preparedEvent) int {
 	}
 
 	queued := 0
-	for _, s := range ch.subscribers {
-		switch s.enqueue(ev.frame) {
+	for _, m := range ch.subscribers {
+		s := m.s
+		switch s.enqueue(ev.frameFor(s, ch)) {
 		case enqueued:
 			queued++
 		case toSchedule:
@@ -415,31 +497,28 @@ func (b *broadcaster) client(id, channel string) (*subscriber, error) {
 	if s == nil || s.dropReason() != notDropped {
 		return nil, fmt.Errorf("%w %q: no such client is connected", errUnknownClient, id)
 	}
-	if channel != "" && channel != s.channel {
-		return nil, fmt.Errorf("%w %q on channel %q: the client is on another channel", errUnknownClient, id, channel)
+	if channel != "" && !s.onChannel(channel) {
+		return nil, fmt.Errorf("%w %q on channel %q: the client is on other channels", errUnknownClient, id, channel)
 	}
 	return s, nil
 }
 
 // sendTo numbers the event and queues it for one subscriber, in order with
-// its channel's events; it is not kept for replay. It returns 1 if the
-// event was queued, 0 if the client had left meanwhile.
+// its channels' events; it is not kept for replay. It returns 1 if the
+// event was queued, 0 if the client had left meanwhile. The caller holds
+// orderMu.
 func (b *broadcaster) sendTo(s *subscriber, ev *preparedEvent) int {
 	b.published.Add(1)
-	ch, _ := b.lockChannel(ev.channel, false, 0)
 	seq := b.nextSeq(time.Now())
 	if ev.id == "" {
 		appendSeq(ev.frame[idDigitsAt:idDigitsAt], seq)
 		ev.id = string(ev.frame[idDigitsAt : idDigitsAt+seqDigits])
 	}
-	if ch == nil {
-		return 0
+	frame := ev.frame
+	if ev.unnamed && s.nameByChannel {
+		frame = withEventName(frame, appendField(nil, "event", ev.channel))
 	}
-	defer ch.mu.Unlock()
-	if s.ch != ch || s.index >= len(ch.subscribers) || ch.subscribers[s.index] != s {
-		return 0 // it left
-	}
-	switch s.enqueue(ev.frame) {
+	switch s.enqueue(frame) {
 	case toSchedule:
 		b.writers.scheduleOne(s)
 	case overflowed:
@@ -470,8 +549,8 @@ func (b *broadcaster) kick(id string) (*subscriber, error) {
 type ClientInfo struct {
 	// ID names the client in the admin API and in its greeting.
 	ID string `json:"id"`
-	// Channel is the channel the client receives.
-	Channel string `json:"channel"`
+	// Channels are the channels the client receives.
+	Channels []string `json:"channels"`
 	// RemoteAddr is the client's address, as the server saw it.
 	RemoteAddr string `json:"remote_addr"`
 	// ConnectedSince is when the stream opened.
@@ -488,7 +567,7 @@ func (b *broadcaster) clientList(channel string) []ClientInfo {
 	b.clientsMu.RLock()
 	subs := make([]*subscriber, 0, len(b.clients))
 	for _, s := range b.clients {
-		if channel == "" || s.channel == channel {
+		if channel == "" || s.onChannel(channel) {
 			subs = append(subs, s)
 		}
 	}
@@ -497,7 +576,7 @@ func (b *broadcaster) clientList(channel string) []ClientInfo {
 	for _, s := range subs {
 		s.mu.Lock()
 		if s.dropped == notDropped {
-			list = append(list, ClientInfo{ID: s.id, Channel: s.channel, RemoteAddr: s.remoteAddr,
+			list = append(list, ClientInfo{ID: s.id, Channels: s.channels, RemoteAddr: s.remoteAddr,
 				ConnectedSince: s.since, Queued: len(s.queue), Sent: s.sent})
 		}
 		s.mu.Unlock()
@@ -647,11 +726,15 @@ func (b *broadcaster) stats() Stats {
 		ch.mu.Lock()
 		cs := ChannelStats{Clients: len(ch.subscribers)}
 		if limits.events > 0 {
-			cs.Replayable = len(ch.window.kept(*limits, now))
+			kept, _ := ch.window.kept(*limits, now)
+			cs.Replayable = len(kept)
 		}
 		ch.mu.Unlock()
 		st.Channels[name] = cs
-		st.Clients += cs.Clients
 	}
+	// A stream of several channels counts in each one's figures, once here.
+	b.clientsMu.RLock()
+	st.Clients = len(b.clients)
+	b.clientsMu.RUnlock()
 	return st
 }

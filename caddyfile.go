@@ -32,7 +32,13 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	sse_broadcast [<matcher>] [<channel>] {
-//	    channel         <name>            # default "default"; placeholders allowed
+//	    channel         <name>...         # default "default"; placeholders allowed
+//	    query_channels  <param>           # channels the client asks for: ?<param>=a&<param>=b
+//	    allow           <pattern>...      # which it may ask for: globs (*), placeholders allowed
+//	    max_stream_channels <count>       # default 32
+//	    name_by_channel                   # an unnamed event is named after its channel
+//	    reset_event     <name> | off      # sent when history cannot fill the gap; default reset
+//	    backlog         <events>          # newest kept events for a client with no id; default 0
 //	    keepalive       <interval> | off  # default 15s
 //	    retry           <interval>        # sent once when the stream opens; default not sent
 //	    write_timeout   <duration> | off  # default 10s
@@ -45,15 +51,16 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	    greeting                          # open with a "connected" event naming the client's id
 //	}
 //
-// The channel is named once: as the directive's argument or in the block.
+// The channels are named once: one as the directive's argument, or one or
+// more on the block's channel line. query_channels needs allow.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 
-	// The channel may be named once, either way: a second name would
+	// The channels may be named once, either way: a second name would
 	// otherwise silently win over the first.
 	channelInArg := false
 	if d.NextArg() {
-		h.Channel = d.Val()
+		h.Channels = []string{d.Val()}
 		channelInArg = true
 		if d.NextArg() {
 			return d.ArgErr()
@@ -61,6 +68,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 
 	channelInBlock := false
+	// Made where query_channels stands, so that it names that line.
+	var queryChannelsWithoutAllow error
 	for d.NextBlock(0) {
 		switch d.Val() {
 		case "channel":
@@ -68,13 +77,50 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("the channel is given both as the directive's argument and in the block: give it once")
 			}
 			if channelInBlock {
-				return d.Err("channel is given twice in the block: give it once")
+				return d.Err("channel is given twice in the block: name every channel on one line")
 			}
 			channelInBlock = true
+			h.Channels = d.RemainingArgs()
+			if len(h.Channels) == 0 {
+				return d.ArgErr()
+			}
+			continue
+		case "query_channels":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
-			h.Channel = d.Val()
+			h.QueryChannels = d.Val()
+			queryChannelsWithoutAllow = d.Errf("query_channels %s needs allow: the patterns of the channels a client may ask for", d.Val())
+		case "allow":
+			patterns := d.RemainingArgs()
+			if len(patterns) == 0 {
+				return d.ArgErr()
+			}
+			h.Allow = append(h.Allow, patterns...)
+			continue
+		case "max_stream_channels":
+			n, err := parseCount(d, 1)
+			if err != nil {
+				return err
+			}
+			h.MaxStreamChannels = n
+		case "name_by_channel":
+			h.NameByChannel = true
+		case "reset_event":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if d.Val() == "off" {
+				h.NoReset = true
+			} else {
+				h.ResetEvent = d.Val()
+			}
+		case "backlog":
+			n, err := parseCount(d, 0)
+			if err != nil {
+				return err
+			}
+			h.Backlog = n
 		case "keepalive":
 			interval, err := parseDurationOrOff(d)
 			if err != nil {
@@ -150,6 +196,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.ArgErr()
 		}
+	}
+	if queryChannelsWithoutAllow != nil && len(h.Allow) == 0 {
+		return queryChannelsWithoutAllow
+	}
+	if len(h.Allow) > 0 && h.QueryChannels == "" {
+		return d.Err("allow bounds the channels of query_channels, which is not set")
 	}
 	return nil
 }

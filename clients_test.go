@@ -32,9 +32,12 @@ func greeted(t *testing.T, ts *testServer, channel string) (*stream, string) {
 	s := openStream(t, nil, ts.url("/?channel="+channel))
 	ev := s.next()
 	require.Equal(t, "connected", ev.Type)
-	var hello struct{ Client, Channel string }
+	var hello struct {
+		Client   string
+		Channels []string
+	}
 	require.NoError(t, json.Unmarshal([]byte(ev.Data), &hello), "greeting data %q", ev.Data)
-	require.Equal(t, channel, hello.Channel)
+	require.Equal(t, []string{channel}, hello.Channels)
 	require.Len(t, hello.Client, 26)
 	assert.Empty(t, ev.LastEventID, "the greeting must not move Last-Event-ID")
 	return s, hello.Client
@@ -63,7 +66,7 @@ func TestGreetingNamesTheClientAndTheListShowsIt(t *testing.T) {
 	all := ts.clients("")
 	require.Len(t, all.Clients, 2)
 	assert.Equal(t, alice, all.Clients[0].ID, "oldest first")
-	assert.Equal(t, "room-a", all.Clients[0].Channel)
+	assert.Equal(t, []string{"room-a"}, all.Clients[0].Channels)
 	assert.Equal(t, bob, all.Clients[1].ID)
 	assert.Contains(t, all.Clients[0].RemoteAddr, "127.0.0.1:")
 	assert.False(t, all.Clients[0].ConnectedSince.Before(before.Truncate(time.Second)))
@@ -115,7 +118,7 @@ func TestBroadcastToAnUnknownClientIs404AndSendsNothing(t *testing.T) {
 		message    string
 	}{
 		{"unknown client", `{"client":"` + gone + `","data":"x"}`, http.StatusNotFound, "no such client"},
-		{"client on another channel", `{"client":"` + id + `","channel":"hall","data":"x"}`, http.StatusNotFound, "another channel"},
+		{"client on another channel", `{"client":"` + id + `","channel":"hall","data":"x"}`, http.StatusNotFound, "the client is on other channels"},
 		{"unknown client in a batch", `[{"channel":"room","data":"x"},{"client":"` + gone + `","data":"x"}]`, http.StatusNotFound, "event 1"},
 		{"malformed client id", `{"client":"bob\nevent: x","data":"x"}`, http.StatusBadRequest, `field "client"`},
 		{"client id of the wrong type", `{"client":7,"data":"x"}`, http.StatusBadRequest, `field "client"`},
@@ -139,7 +142,7 @@ func TestDeletingAClientDisconnectsItAndCountsIt(t *testing.T) {
 
 	res := ts.adminRequest(http.MethodDelete, "/sse/clients/"+id, "", nil)
 	require.Equal(t, http.StatusOK, res.status, "%s", res.body)
-	assert.JSONEq(t, `{"disconnected":"`+id+`","channel":"room"}`, string(res.body))
+	assert.JSONEq(t, `{"disconnected":"`+id+`","channels":["room"]}`, string(res.body))
 	kicked.awaitEnd()
 	require.Eventually(t, func() bool { return ts.stats().Clients == 1 }, awaitTimeout, 5*time.Millisecond)
 	assert.Equal(t, uint64(1), ts.stats().Disconnects.Kicked)
@@ -220,8 +223,8 @@ func TestConcurrentKicksOfOneClientFindItOnce(t *testing.T) {
 	b := newBroadcaster(broadcastLimits{events: 10, bytes: 1 << 20})
 	defer b.Destruct()
 	for round := range 2000 {
-		s := newSubscriber("room", 10, 1<<20)
-		require.NoError(t, b.subscribe(s, "", false))
+		s := newSubscriber([]string{"room"}, 10, 1<<20)
+		require.NoError(t, b.subscribe(s, resumeRequest{}))
 		var found atomic.Int32
 		var wg sync.WaitGroup
 		start := make(chan struct{})

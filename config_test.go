@@ -61,7 +61,7 @@ func TestALiteralChannelThatCanNeverServeFailsTheLoad(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := loadJSON(t, map[string]any{"channel": tt.channel}, tt.app)
+			_, err := loadJSON(t, map[string]any{"channels": []string{tt.channel}}, tt.app)
 			require.Error(t, err, "a config whose every stream request would get 400 loaded")
 			assert.Contains(t, err.Error(), tt.message)
 			assert.Contains(t, err.Error(), "sse_broadcast")
@@ -72,7 +72,7 @@ func TestALiteralChannelThatCanNeverServeFailsTheLoad(t *testing.T) {
 // A channel with placeholders is checked per request, once they are
 // resolved: its template says nothing of the names it resolves to.
 func TestAChannelWithPlaceholdersIsCheckedPerRequest(t *testing.T) {
-	ts, err := loadJSON(t, map[string]any{"channel": "{http.request.uri.query.c}"}, map[string]any{"max_channel_length": 4})
+	ts, err := loadJSON(t, map[string]any{"channels": []string{"{http.request.uri.query.c}"}}, map[string]any{"max_channel_length": 4})
 	require.NoError(t, err, "the template is longer than max_channel_length; the names it resolves to need not be")
 
 	openStream(t, nil, ts.url("/?c=abcd"))

@@ -5,6 +5,7 @@ package ssebroadcast
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -165,15 +166,17 @@ func TestResumeWithAnIdTheWindowCannotPlace(t *testing.T) {
 	ts := startCaddy(t, replayCaddyfile)
 	ids := ts.publishNumbered("a", 1, 8) // the window keeps 4..8
 
-	t.Run("older than the window: the whole window", func(t *testing.T) {
+	t.Run("older than the window: a reset, then the whole window", func(t *testing.T) {
 		s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
+		assert.Equal(t, resetNotice{Reason: "expired", Channels: []string{"a"}}, s.nextReset())
 		assert.Equal(t, numbers(4, 8), s.readData(5))
 	})
-	t.Run("unknown: live events only", func(t *testing.T) {
+	t.Run("unknown: a reset, then the whole window", func(t *testing.T) {
 		s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {"not-an-id-we-gave"}})
+		assert.Equal(t, resetNotice{Reason: "unknown_id", Channels: []string{"a"}}, s.nextReset())
+		assert.Equal(t, numbers(4, 8), s.readData(5))
 		ts.mustBroadcast(`{"channel":"a","data":"live"}`)
 		assert.Equal(t, "live", s.next().Data)
-		assert.NotContains(t, s.raw.String(), "data: 8\n")
 	})
 	t.Run("the newest: nothing to replay", func(t *testing.T) {
 		latest := ts.mustBroadcast(`{"channel":"a","data":"latest"}`).ID
@@ -186,6 +189,18 @@ func TestResumeWithAnIdTheWindowCannotPlace(t *testing.T) {
 		ts.mustBroadcast(`{"channel":"a","data":"live again"}`)
 		assert.Equal(t, "live again", s.next().Data)
 	})
+}
+
+// nextReset reads the next event, which must be a reset, and returns what
+// it says.
+func (s *stream) nextReset() resetNotice {
+	s.t.Helper()
+	ev := s.next()
+	require.Equal(s.t, "reset", ev.Type, "a reset event first; the stream had read %q", s.raw.String())
+	assert.Empty(s.t, ev.LastEventID, "a reset has no id")
+	var notice resetNotice
+	require.NoError(s.t, json.Unmarshal([]byte(ev.Data), &notice), "reset data %q", ev.Data)
+	return notice
 }
 
 // replayOptionCaddyfile serves per-channel streams with one sse app option.
@@ -211,6 +226,7 @@ func TestReplayWindowIsBoundedByBytesAndAge(t *testing.T) {
 		require.Positive(t, kept)
 		require.Less(t, kept, 50)
 		s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
+		assert.Equal(t, resetNotice{Reason: "expired", Channels: []string{"a"}}, s.nextReset())
 		assert.Equal(t, numbers(51-kept, 50), s.readData(kept), "the newest events are the ones kept")
 	})
 	t.Run("replay_ttl", func(t *testing.T) {
@@ -222,6 +238,8 @@ func TestReplayWindowIsBoundedByBytesAndAge(t *testing.T) {
 			awaitTimeout, 20*time.Millisecond)
 		s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
 		ts.mustBroadcast(`{"channel":"a","data":"fresh"}`)
+		assert.Equal(t, resetNotice{Reason: "expired", Channels: []string{"a"}}, s.nextReset(),
+			"the channel was removed with its window, and is known to have lost events")
 		assert.Equal(t, "fresh", s.next().Data, "expired events are not replayed")
 	})
 	t.Run("replay_total_bytes", func(t *testing.T) {
@@ -239,6 +257,8 @@ func TestReplayWindowIsBoundedByBytesAndAge(t *testing.T) {
 		assert.Empty(t, st.Channels, "no window, no client: no channel kept")
 		s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
 		ts.mustBroadcast(`{"channel":"a","data":"live"}`)
+		assert.Equal(t, resetNotice{Reason: "expired", Channels: []string{"a"}}, s.nextReset(),
+			"events 2 and 3 were published while no one listened, and not kept")
 		assert.Equal(t, "live", s.next().Data)
 	})
 }
@@ -374,12 +394,15 @@ func TestTurningReplayOffAndOnLeavesNoGapInAReplay(t *testing.T) {
 	ts.load(strings.Replace(replayCaddyfile, "replay 5", "replay 0", 1))
 	off := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
 	ts.publishNumbered("a", 3, 3)
+	assert.Equal(t, resetNotice{Reason: "expired", Channels: []string{"a"}}, off.nextReset(),
+		"replay is off: event 2 cannot be replayed")
 	assert.Equal(t, "3", off.next().Data, "replay is off: live events only")
 
 	ts.load(replayCaddyfile)
 	ts.publishNumbered("a", 4, 4)
 	s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {ids[0]}})
 	ts.publishNumbered("a", 5, 5)
+	assert.Equal(t, resetNotice{Reason: "expired", Channels: []string{"a"}}, s.nextReset(), "2 and 3 are gone")
 	assert.Equal(t, numbers(4, 5), s.readData(2), "the window starts after the events published while replay was off")
 }
 
@@ -425,6 +448,7 @@ func TestLoweredReplayLimitsApplyToAQuietChannelAtOnce(t *testing.T) {
 	ts.load(replayOptionCaddyfile("replay 500"))
 	assert.Equal(t, 500, ts.stats().Channels["a"].Replayable, "what a resume may be served")
 	s := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {results[0].ID}})
+	assert.Equal(t, resetNotice{Reason: "expired", Channels: []string{"a"}}, s.nextReset(), "2 to 200 are no longer kept")
 	assert.Equal(t, numbers(201, 700), s.readData(500), "the newest 500 events, no more")
 	ts.mustBroadcast(`{"channel":"a","data":"live"}`)
 	assert.Equal(t, "live", s.next().Data)
@@ -434,6 +458,7 @@ func TestLoweredReplayLimitsApplyToAQuietChannelAtOnce(t *testing.T) {
 	require.Positive(t, kept)
 	require.Less(t, kept, 200, "100-odd bytes an event, 10 KiB in all")
 	again := openStreamWithHeader(t, ts.url("/?channel=a"), http.Header{"Last-Event-Id": {results[0].ID}})
+	assert.Equal(t, resetNotice{Reason: "expired", Channels: []string{"a"}}, again.nextReset())
 	got := again.readData(kept)
 	assert.Equal(t, "live", got[len(got)-1], "the newest events are the ones kept")
 }

@@ -28,17 +28,57 @@ const (
 	DefaultKeepAlive    = 15 * time.Second
 	DefaultWriteTimeout = 10 * time.Second
 	DefaultSendBuffer   = 64 << 10
+
+	DefaultMaxStreamChannels = 32
+	DefaultResetEvent        = "reset"
 )
 
-// Handler streams the events of one channel to each client as
-// text/event-stream. It answers GET only; the stream stays open until the
-// client leaves or the config stops.
+// Handler streams the events of one or more channels to each client as
+// text/event-stream, in id order. It answers GET only; the stream stays
+// open until the client leaves or the config stops.
 type Handler struct {
-	// Channel is the channel whose events the stream receives. Caddy
+	// Channels are the channels whose events every stream receives. Caddy
 	// placeholders are resolved per request, e.g. "{query.topic}" or
 	// "user-{http.auth.user.id}"; a request whose channel resolves to an
-	// empty name gets 400. Default: "default".
-	Channel string `json:"channel,omitempty"`
+	// empty name, or one with a line break, gets 400. Default:
+	// ["default"], or none when QueryChannels is set.
+	Channels []string `json:"channels,omitempty"`
+
+	// QueryChannels names a query parameter, which may repeat
+	// (?topic=a&topic=b), whose values are channels the stream receives
+	// too: the client's choice, each of which must match one of Allow (a
+	// request for another gets 403). Requires Allow. Default: none.
+	QueryChannels string `json:"query_channels,omitempty"`
+
+	// Allow lists the channels a client may ask for with QueryChannels, as
+	// glob patterns: "*" matches any run of characters, and placeholders
+	// are resolved per request ("user-{http.auth.user.id}"); a pattern
+	// whose placeholder is unknown or empty matches nothing.
+	Allow []string `json:"allow,omitempty"`
+
+	// MaxStreamChannels bounds how many channels one stream receives,
+	// duplicates collapsed; a request for more gets 400. Default: 32.
+	MaxStreamChannels int `json:"max_stream_channels,omitempty"`
+
+	// NameByChannel sends each event whose publisher gave it no name with
+	// its channel as its name ("event: news"), so that a page tells the
+	// channels of one stream apart with addEventListener("news", …).
+	// Default: off (such events fire "message").
+	NameByChannel bool `json:"name_by_channel,omitempty"`
+
+	// ResetEvent names the event a stream sends first when it cannot send
+	// every event after the client's Last-Event-ID (see README, "Resets").
+	// Default: "reset".
+	ResetEvent string `json:"reset_event,omitempty"`
+
+	// NoReset turns the reset event off: such a stream then starts with
+	// what is kept, as if it had been complete.
+	NoReset bool `json:"no_reset,omitempty"`
+
+	// Backlog is how many of the newest kept events of its channels, in id
+	// order, a client that gives no Last-Event-ID receives first: a chat
+	// page's last messages. Default: 0.
+	Backlog int `json:"backlog,omitempty"`
 
 	// KeepAlive is the idle time after which the stream sends a comment
 	// line, so that proxies and clients see the connection alive. A
@@ -105,6 +145,7 @@ type Handler struct {
 	// every stream with the server. Default: true.
 	Takeover *bool `json:"takeover,omitempty"`
 
+	allow   channelPatterns
 	app     *App
 	server  *caddyhttp.Server // nil outside an HTTP server
 	clients *atomic.Int64
@@ -123,9 +164,20 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.clients = new(atomic.Int64)
-	if h.Channel == "" {
-		h.Channel = DefaultChannel
+	if len(h.Channels) == 0 && h.QueryChannels == "" {
+		h.Channels = []string{DefaultChannel}
 	}
+	if h.MaxStreamChannels == 0 {
+		h.MaxStreamChannels = DefaultMaxStreamChannels
+	}
+	if h.ResetEvent == "" {
+		h.ResetEvent = DefaultResetEvent
+	}
+	allow, err := newChannelPatterns(h.Allow)
+	if err != nil {
+		return err
+	}
+	h.allow = allow
 	if h.KeepAlive == 0 {
 		h.KeepAlive = caddy.Duration(DefaultKeepAlive)
 	}
@@ -209,15 +261,31 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("max_clients must not be negative, got %d", h.MaxClients)
 	case h.FlushInterval < 0:
 		return fmt.Errorf("flush_interval must not be negative, got %s", time.Duration(h.FlushInterval))
+	case h.QueryChannels != "" && len(h.Allow) == 0:
+		return fmt.Errorf("query_channels %q needs allow: the patterns of the channels a client may ask for", h.QueryChannels)
+	case h.QueryChannels == "" && len(h.Allow) > 0:
+		return errors.New("allow bounds the channels of query_channels, which is not set")
+	case h.MaxStreamChannels < 1:
+		return fmt.Errorf("max_stream_channels must be at least 1, got %d", h.MaxStreamChannels)
+	case len(h.Channels) > h.MaxStreamChannels:
+		return fmt.Errorf("%d channels are more than max_stream_channels, %d", len(h.Channels), h.MaxStreamChannels)
+	case h.Backlog < 0:
+		return fmt.Errorf("backlog must not be negative, got %d", h.Backlog)
+	}
+	if err := validateLine("reset_event", h.ResetEvent); err != nil {
+		return err
 	}
 	// A channel without placeholders is the same for every request: one
 	// that cannot be a channel would have every request answered 400. A
 	// channel with placeholders is checked per request, once resolved.
-	if !strings.Contains(h.Channel, "{") {
+	for _, channel := range h.Channels {
+		if strings.Contains(channel, "{") {
+			continue
+		}
 		limits := broadcastLimits{maxChannelLength: h.app.MaxChannelLength}
-		err := validateChannel(h.Channel)
+		err := validateChannel(channel)
 		if err == nil {
-			err = limits.checkChannel(h.Channel)
+			err = limits.checkChannel(channel)
 		}
 		if err != nil {
 			// The reason alone: the field is the handler's option here,
@@ -225,7 +293,7 @@ func (h *Handler) Validate() error {
 			if fieldErr := (*FieldError)(nil); errors.As(err, &fieldErr) {
 				err = errors.New(fieldErr.Reason)
 			}
-			return fmt.Errorf("channel %q: %w", h.Channel, err)
+			return fmt.Errorf("channel %q: %w", channel, err)
 		}
 	}
 	return nil
@@ -240,16 +308,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			fmt.Errorf("method %s not allowed: event streams answer GET only", r.Method))
 	}
 
-	// A placeholder that is unknown or empty fails the request rather than
-	// leaving a channel name that many clients share: "user-" for every
-	// client whom no auth handler named.
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	channel, err := repl.ReplaceOrErr(h.Channel, true, true)
-	if err != nil {
-		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("resolving channel %q: %w", h.Channel, err))
-	}
-	if err := validateChannel(channel); err != nil {
-		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("channel %q resolved to %q: %w", h.Channel, channel, err))
+	channels, err := h.channelsOf(r)
+	if refused := (*channelError)(nil); errors.As(err, &refused) {
+		h.logger.Debug("refused stream", zap.Int("status", refused.status), zap.Error(err))
+		refused.write(w)
+		return nil
 	}
 
 	if n := h.clients.Add(1); h.MaxClients > 0 && n > int64(h.MaxClients) {
@@ -266,9 +329,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}()
 
-	opts := streamOptions{maxQueue: h.MaxQueue, maxQueueBytes: h.MaxQueueBytes, remoteAddr: r.RemoteAddr}
-	opts.lastEventID, opts.resume = lastEventID(r)
-	sub, err := h.app.attach(channel, opts)
+	opts := streamOptions{
+		maxQueue: h.MaxQueue, maxQueueBytes: h.MaxQueueBytes, nameByChannel: h.NameByChannel,
+		remoteAddr: r.RemoteAddr, start: resumeRequest{backlog: h.Backlog},
+	}
+	opts.start.lastEventID, opts.start.given = lastEventID(r)
+	if !h.NoReset {
+		opts.start.resetEvent = h.ResetEvent
+	}
+	sub, err := h.app.attach(channels, opts)
 	if errors.Is(err, errStopping) {
 		// A stream that ends at once makes a browser reconnect, to the
 		// next config; a 503 would make EventSource give up for good.
@@ -277,7 +346,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return err
 	}
 	if fieldErr := (*FieldError)(nil); errors.As(err, &fieldErr) {
-		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("channel %q resolved to %q: %w", h.Channel, channel, err))
+		refusal(http.StatusBadRequest, fmt.Errorf("channels %q: %w", channels, err)).write(w)
+		return nil
 	}
 	if err != nil {
 		if errors.Is(err, errTooManyChannels) {
@@ -314,7 +384,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return nil
 	}
 	if err != nil {
-		h.logger.Debug("stream ended", zap.String("channel", channel), zap.Error(err))
+		h.logger.Debug("stream ended", zap.Strings("channels", channels), zap.Error(err))
 	}
 	return nil
 }
@@ -339,12 +409,15 @@ var errDisconnect = errors.New("client disconnected by the server")
 // the Last-Event-ID header when they reconnect, and since EventSource cannot
 // set headers on its first connect, a last_event_id query parameter works
 // too. The header wins, being the newer of the two on a reconnect.
+//
+// An empty id is no id: a browser whose last event set an empty id sends
+// none.
 func lastEventID(r *http.Request) (string, bool) {
-	if ids, ok := r.Header["Last-Event-Id"]; ok && len(ids) > 0 {
-		return ids[0], true
+	if id := r.Header.Get("Last-Event-Id"); id != "" {
+		return id, true
 	}
-	if ids, ok := r.URL.Query()["last_event_id"]; ok && len(ids) > 0 {
-		return ids[0], true
+	if id := r.URL.Query().Get("last_event_id"); id != "" {
+		return id, true
 	}
 	return "", false
 }
@@ -527,7 +600,7 @@ func (h *Handler) writeFailed(sub *subscriber, r *http.Request, err error, watch
 // logDisconnect logs, once per stream, that the server cut a client.
 func (h *Handler) logDisconnect(sub *subscriber, r *http.Request, reason dropReason) {
 	h.logger.Info("disconnected client", zap.Stringer("reason", reason), zap.String("client", sub.id),
-		zap.String("channel", sub.channel), zap.String("remote_addr", r.RemoteAddr))
+		zap.Strings("channels", sub.channels), zap.String("remote_addr", r.RemoteAddr))
 }
 
 // writeHeader starts an event stream response. The stream's headers fill
@@ -558,9 +631,9 @@ func (h *Handler) writeHeader(w http.ResponseWriter, r *http.Request) {
 // greeting is the "connected" event that tells a client its id.
 func greeting(sub *subscriber) []byte {
 	data, _ := json.Marshal(struct {
-		Client  string `json:"client"`
-		Channel string `json:"channel"`
-	}{sub.id, sub.channel}) // strings always marshal
+		Client   string   `json:"client"`
+		Channels []string `json:"channels"`
+	}{sub.id, sub.channels}) // strings always marshal
 	ev := Event{Type: "connected", Data: string(data)}
 	return ev.encode(make([]byte, 0, ev.encodedSize()))
 }

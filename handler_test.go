@@ -294,7 +294,7 @@ func TestStreamFromAJSONConfig(t *testing.T) {
 			"sse": {"max_body": 2048},
 			"http": {"servers": {"srv0": {"listen": [%q], "routes": [{
 				"match": [{"path": ["/events"]}],
-				"handle": [{"handler": "sse_broadcast", "channel": "json-{http.request.uri.query.room}", "keepalive": "50ms", "retry": "1500ms"}]
+				"handle": [{"handler": "sse_broadcast", "channels": ["json-{http.request.uri.query.room}"], "keepalive": "50ms", "retry": "1500ms"}]
 			}]}}}
 		}
 	}`, ts.admin, ts.http)

@@ -288,22 +288,22 @@ var (
 type streamOptions struct {
 	maxQueue      int
 	maxQueueBytes int
-	// resume is set when the client gave a Last-Event-ID.
-	resume      bool
-	lastEventID string
-	remoteAddr  string
+	nameByChannel bool
+	start         resumeRequest
+	remoteAddr    string
 }
 
-// attach subscribes a new stream to channel.
-func (a *App) attach(channel string, opts streamOptions) (*subscriber, error) {
+// attach subscribes a new stream to its channels.
+func (a *App) attach(channels []string, opts streamOptions) (*subscriber, error) {
 	b := a.broadcaster
 	if n := b.connected.Add(1); a.MaxClients > 0 && n > int64(a.MaxClients) {
 		b.connected.Add(-1)
 		b.rejected.Add(1)
 		return nil, errTooManyClients
 	}
-	s := newSubscriber(channel, opts.maxQueue, opts.maxQueueBytes)
+	s := newSubscriber(channels, opts.maxQueue, opts.maxQueueBytes)
 	s.remoteAddr = opts.remoteAddr
+	s.nameByChannel = opts.nameByChannel
 	cs := a.streams
 	cs.mu.Lock()
 	if cs.stopping {
@@ -313,7 +313,7 @@ func (a *App) attach(channel string, opts streamOptions) (*subscriber, error) {
 	}
 	cs.open[s] = struct{}{}
 	cs.mu.Unlock()
-	if err := b.subscribe(s, opts.lastEventID, opts.resume); err != nil {
+	if err := b.subscribe(s, opts.start); err != nil {
 		a.detach(s)
 		return nil, err
 	}

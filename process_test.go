@@ -273,5 +273,7 @@ func TestIdsStayOrderedAcrossARestart(t *testing.T) {
 	assert.Less(t, after[0].ID, after[1].ID)
 
 	s := openStreamWithHeader(t, second.url("/"), http.Header{"Last-Event-Id": {before.ID}})
+	assert.Equal(t, resetNotice{Reason: "restart", Channels: []string{"news"}}, s.nextReset(),
+		"what was published between the id and the restart is gone with the process")
 	assert.Equal(t, []string{"after restart 1", "after restart 2"}, s.readData(2))
 }

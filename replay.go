@@ -38,6 +38,9 @@ type windowEntry struct {
 	id        string
 	frame     []byte
 	published time.Time
+	// unnamed is set when the publisher gave the event no name: a stream
+	// that names events by their channel sends it with one.
+	unnamed bool
 }
 
 func (e *windowEntry) cost() int { return len(e.frame) + len(e.id) + entryOverhead }
@@ -48,6 +51,10 @@ type replayWindow struct {
 	entries []windowEntry // entries[start:] are live
 	start   int
 	bytes   int
+	// lost is the sequence number of the newest event the window let go
+	// (by count, bytes, age, the total, or with replay off): a client that
+	// last saw an older one cannot be sent everything after it.
+	lost uint64
 }
 
 func (w *replayWindow) len() int { return len(w.entries) - w.start }
@@ -62,6 +69,7 @@ func (w *replayWindow) append(e windowEntry) {
 func (w *replayWindow) dropOldest() int {
 	e := &w.entries[w.start]
 	cost := e.cost()
+	w.lost = max(w.lost, e.seq)
 	*e = windowEntry{} // release the frame
 	w.start++
 	w.bytes -= cost
@@ -92,11 +100,12 @@ func (w *replayWindow) trim(limits broadcastLimits, now time.Time) int {
 	return released
 }
 
-// kept returns the live entries that the limits keep at now, oldest first:
-// the window meets new limits at its channel's next publish or the
-// janitor's next pass, and until then holds entries the limits no longer
-// keep, which no client may be served.
-func (w *replayWindow) kept(limits broadcastLimits, now time.Time) []windowEntry {
+// kept returns the live entries that the limits keep at now, oldest first,
+// and the sequence number of the newest event the window has let go or no
+// longer keeps: the window meets new limits at its channel's next publish
+// or the janitor's next pass, and until then holds entries the limits no
+// longer keep, which no client may be served.
+func (w *replayWindow) kept(limits broadcastLimits, now time.Time) (kept []windowEntry, lost uint64) {
 	live := w.entries[w.start:]
 	from, bytes := len(live), 0
 	for from > 0 && len(live)-from < limits.events {
@@ -106,43 +115,11 @@ func (w *replayWindow) kept(limits broadcastLimits, now time.Time) []windowEntry
 		}
 		from--
 	}
-	return live[from:]
-}
-
-// after returns the frames a client that last saw lastEventID has missed,
-// oldest first, of those the limits keep at now, and whether the window
-// could place that id:
-//
-//   - an id in the window: every event after it;
-//   - an id the broadcaster assigned (see formatSeq) that is no longer in
-//     the window, older than it or from before a restart: every event
-//     published after it, which, ids being time-ordered, is every event in
-//     the window newer than the id;
-//   - any other id: nothing, since there is no telling what the client saw.
-func (w *replayWindow) after(lastEventID string, limits broadcastLimits, now time.Time) ([][]byte, bool) {
-	kept := w.kept(limits, now)
-	from := -1
-	for i := len(kept) - 1; i >= 0; i-- {
-		if kept[i].id == lastEventID {
-			from = i + 1
-			break
-		}
+	lost = w.lost
+	if from > 0 {
+		lost = max(lost, live[from-1].seq)
 	}
-	if from < 0 {
-		seq, ok := parseSeq(lastEventID)
-		if !ok {
-			return nil, false
-		}
-		from = len(kept)
-		for from > 0 && kept[from-1].seq > seq {
-			from--
-		}
-	}
-	frames := make([][]byte, 0, len(kept)-from)
-	for _, e := range kept[from:] {
-		frames = append(frames, e.frame)
-	}
-	return frames, true
+	return live[from:], lost
 }
 
 // Assigned ids are the channel's sequence numbers: at least the publish

@@ -2,6 +2,7 @@ package ssebroadcast
 
 import (
 	"crypto/rand"
+	"slices"
 	"sync"
 	"time"
 )
@@ -52,12 +53,18 @@ func (r dropReason) String() string {
 // at once and writes it with a single system call where it fits.
 type subscriber struct {
 	// id names the client in the admin API and the greeting.
-	id         string
-	channel    string
+	id string
+	// channels are the stream's channels, in the order the handler
+	// resolved them, without duplicates.
+	channels   []string
 	remoteAddr string
 	since      time.Time
-	ch         *channel // set by subscribe
-	index      int      // in ch.subscribers, guarded by ch.mu
+	// memberships are the subscriber's places in its channels, set by
+	// subscribe, one per channel.
+	memberships []membership
+	// nameByChannel sends an event whose publisher gave it no name with its
+	// channel as its name.
+	nameByChannel bool
 
 	// replay holds the events the stream missed before it connected; the
 	// stream writes them before anything queued.
@@ -122,11 +129,22 @@ func (s *subscriber) setCutter(cutter writeCutter) {
 	s.mu.Unlock()
 }
 
-func newSubscriber(channel string, maxEvents, maxBytes int) *subscriber {
+// membership is a subscriber's place in one of its channels.
+type membership struct {
+	ch    *channel
+	index int // in ch.subscribers, guarded by ch.mu
+}
+
+// onChannel reports whether the subscriber receives channel name.
+func (s *subscriber) onChannel(name string) bool {
+	return slices.Contains(s.channels, name)
+}
+
+func newSubscriber(channels []string, maxEvents, maxBytes int) *subscriber {
 	return &subscriber{
 		id:        rand.Text(),
 		since:     time.Now(),
-		channel:   channel,
+		channels:  channels,
 		maxEvents: maxEvents,
 		maxBytes:  maxBytes,
 		wake:      make(chan struct{}, 1),

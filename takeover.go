@@ -68,7 +68,7 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 		h.clients.Add(-1)
 		if reason == dropSlow || reason == dropWriteTimeout || reason == dropKicked {
 			h.logger.Info("disconnected client", zap.Stringer("reason", reason), zap.String("client", sub.id),
-				zap.String("channel", sub.channel), zap.String("remote_addr", sub.remoteAddr))
+				zap.Strings("channels", sub.channels), zap.String("remote_addr", sub.remoteAddr))
 		}
 	}
 	sub.setCutter(tc)
