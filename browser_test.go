@@ -52,9 +52,10 @@ func startBrowser(t *testing.T, flags ...chromedp.ExecAllocatorOption) context.C
 
 // demoState is what the demo page records in window.demo.
 type demoState struct {
-	ClientID string      `json:"clientId"`
-	Opens    int         `json:"opens"`
-	Received []pageEvent `json:"received"`
+	ClientID string        `json:"clientId"`
+	Opens    int           `json:"opens"`
+	Received []pageEvent   `json:"received"`
+	Resets   []resetNotice `json:"resets"`
 }
 
 type pageEvent struct {
@@ -94,9 +95,10 @@ func demoSiteWith(address, streamOptions string) string {
 	return address + ` {
 	route /events {
 		sse_broadcast {
-			channel demo
+			channel demo announcements
 			retry 200ms
 			greeting
+			name_by_channel
 			` + streamOptions + `
 		}
 	}
@@ -145,10 +147,43 @@ func TestABrowsersQuietHTTP2StreamOutlivesItsWriteTimeout(t *testing.T) {
 
 	res := ts.mustBroadcast(`{"channel":"demo","data":"after the silence"}`)
 	last := awaitPage(t, ctx, "received the event", func(st demoState) bool { return len(st.Received) == 1 })
-	assert.Equal(t, []pageEvent{{Type: "message", ID: res.ID, Data: "after the silence"}}, last.Received)
+	assert.Equal(t, []pageEvent{{Type: "demo", ID: res.ID, Data: "after the silence"}}, last.Received)
 	assert.Equal(t, 1, last.Opens, "the page never reconnected")
 	assert.Equal(t, first.ClientID, last.ClientID, "the same client, on the same stream")
 	assert.Zero(t, ts.stats().Disconnects.WriteTimeout)
+}
+
+// A page away for longer than the replay window holds is told so: its
+// EventSource reconnects by itself, receives a reset (which leaves its
+// lastEventId alone) and then what is kept.
+func TestABrowserPageIsToldWhenHistoryCannotFillItsGap(t *testing.T) {
+	caddyfile := "{\n\t{GLOBAL}\n\tsse {\n\t\treplay 2\n\t}\n}\n" + demoSiteWith(":{HTTP}", "")
+	// The page comes back after its retry of 200 ms; publishing while it is
+	// away takes far less.
+	ts := startCaddy(t, caddyfile)
+	ctx := startBrowser(t)
+	_, err := chromedp.Run(ctx, chromedp.Navigate(ts.url("/")))
+	require.NoError(t, err)
+	first := awaitPage(t, ctx, "got its greeting", func(st demoState) bool { return st.ClientID != "" })
+	seen := ts.mustBroadcast(`{"channel":"demo","data":"seen"}`)
+	awaitPage(t, ctx, "received the first event", func(st demoState) bool { return len(st.Received) == 1 })
+
+	kick := ts.adminRequest(http.MethodDelete, "/sse/clients/"+first.ClientID, "", nil)
+	require.Equal(t, http.StatusOK, kick.status, "%s", kick.body)
+	require.Eventually(t, func() bool { return ts.stats().Clients == 0 }, awaitTimeout, 2*time.Millisecond)
+	var kept []pageEvent
+	for i := range 4 {
+		res := ts.mustBroadcast(fmt.Sprintf(`{"channel":"announcements","data":"while away %d"}`, i))
+		kept = append(kept, pageEvent{Type: "announcements", ID: res.ID, Data: fmt.Sprintf("while away %d", i)})
+	}
+	kept = kept[2:] // replay 2
+
+	back := awaitPage(t, ctx, "came back", func(st demoState) bool { return len(st.Received) == 3 })
+	require.Equal(t, []resetNotice{{Reason: "expired", Channels: []string{"announcements"}}}, back.Resets)
+	assert.Equal(t, append([]pageEvent{{Type: "demo", ID: seen.ID, Data: "seen"}}, kept...), back.Received,
+		"the reset, then the kept events, named after their channel")
+	assert.Equal(t, 2, back.Opens)
+	assert.GreaterOrEqual(t, ts.stats().Replayed, uint64(2))
 }
 
 // tlsGlobals serves HTTPS with Caddy's internal issuer on a test port.
@@ -194,8 +229,9 @@ func browseDemo(t *testing.T, ts *testServer, ctx context.Context, pageURL, prot
 	}
 
 	publish(`{"channel":"demo","event":"tick","data":"héllo wörld ✓ 🌍 日本語"}`, "tick", "héllo wörld ✓ 🌍 日本語")
-	publish(`{"channel":"demo","data":"line one\nline two\r\nline three\rline four"}`, "message",
+	publish(`{"channel":"demo","data":"line one\nline two\r\nline three\rline four"}`, "demo",
 		"line one\nline two\nline three\nline four")
+	publish(`{"channel":"announcements","data":"the other channel"}`, "announcements", "the other channel")
 	publish(`{"channel":"demo","event":"update","data":{"n":1,"s":"✓"}}`, "update", `{"n":1,"s":"✓"}`)
 	awaitAll("received the first events")
 
@@ -207,7 +243,7 @@ func browseDemo(t *testing.T, ts *testServer, ctx context.Context, pageURL, prot
 	require.Eventually(t, func() bool { return ts.stats().Channels["demo"].Clients == 0 },
 		awaitTimeout, 2*time.Millisecond, "the page's stream must end")
 	publish(`{"channel":"demo","event":"news","data":"while away 1"}`, "news", "while away 1")
-	publish(`{"channel":"demo","data":"while away 2"}`, "message", "while away 2")
+	publish(`{"channel":"demo","data":"while away 2"}`, "demo", "while away 2")
 	back := awaitAll("caught up after the forced disconnect")
 	assert.GreaterOrEqual(t, back.Opens, 2, "the browser must have reconnected by itself")
 	assert.NotEqual(t, first.ClientID, back.ClientID, "a reconnect is a new client")
@@ -217,11 +253,12 @@ func browseDemo(t *testing.T, ts *testServer, ctx context.Context, pageURL, prot
 	// A config reload ends the stream too.
 	ts.load(caddyfile)
 	publish(`{"channel":"demo","event":"tick","data":"after reload 1"}`, "tick", "after reload 1")
-	publish(`{"channel":"demo","data":"after reload 2"}`, "message", "after reload 2")
+	publish(`{"channel":"demo","data":"after reload 2"}`, "demo", "after reload 2")
 	last := awaitAll("caught up after the reload")
 	assert.GreaterOrEqual(t, last.Opens, 3)
 
 	assert.Equal(t, published, last.Received, "every event exactly once, in order")
+	assert.Empty(t, last.Resets, "every resume was complete")
 
 	if protocol == "h2" {
 		moreThanSixStreams(t, ts, ctx)
