@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -517,4 +518,28 @@ func TestPublishConfigsThatCouldNotWorkAsMeantFailTheLoad(t *testing.T) {
 	}
 	// Patterns with placeholders are known only per request.
 	require.NoError(t, loadPublishJSON(t, map[string]any{"allow": []string{"user-{http.auth.user.id}"}, "data": "body", "channel": "news"}))
+}
+
+// The README's first command runs Caddyfile.example; its publishing route
+// takes the demo credentials it documents, and nothing else.
+func TestCaddyfileExamplePublishRouteTakesTheDocumentedCredentials(t *testing.T) {
+	example, err := os.ReadFile("Caddyfile.example")
+	require.NoError(t, err)
+	caddyfile := string(example)
+	require.Contains(t, caddyfile, "\n{\n")
+	require.Contains(t, caddyfile, "\n:8080 {\n")
+	caddyfile = strings.Replace(caddyfile, "\n{\n", "\n{\n\t{GLOBAL}\n", 1)
+	caddyfile = strings.Replace(caddyfile, "\n:8080 {\n", "\n:{HTTP} {\n", 1)
+	ts := startCaddy(t, caddyfile)
+	demo := openStream(t, nil, ts.url("/events"))
+	require.Equal(t, "connected", demo.next().Type)
+
+	body := `{"event":"tick","data":"over the site","channel":"demo"}`
+	resp := ts.publish(nil, "/publish", body)
+	assert.Equal(t, http.StatusUnauthorized, resp.status, "answer: %s", resp.body)
+	resp = ts.publish(basicAuthClient("demo", "demo-secret"), "/publish", body)
+	require.Equal(t, http.StatusOK, resp.status, "answer: %s", resp.body)
+	assert.Equal(t, "over the site", demo.next().Data)
+	requireRefused(t, ts.publish(basicAuthClient("demo", "demo-secret"), "/publish", `{"data":"x","channel":"other"}`),
+		http.StatusForbidden, `channel "other" is not allowed`)
 }
