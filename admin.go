@@ -2,6 +2,7 @@ package ssebroadcast
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,43 +57,11 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 }
 
 func (a *AdminAPI) handleBroadcast(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use POST", r.Method))
-	}
-	if err := requireJSON(r.Header.Get("Content-Type")); err != nil {
-		return apiError(http.StatusUnsupportedMediaType, err)
-	}
-
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.app.MaxBody))
+	answer, err := a.app.serveBroadcast(w, r, bodyLimit{a.app.MaxBody, "the sse app's max_body"}, nil)
 	if err != nil {
-		if tooLarge := (*http.MaxBytesError)(nil); errors.As(err, &tooLarge) {
-			return apiError(http.StatusRequestEntityTooLarge,
-				fmt.Errorf("request body is larger than the limit of %d bytes (the sse app's max_body)", tooLarge.Limit))
-		}
-		return apiError(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
+		return err
 	}
-
-	events, batch, err := decodeBroadcast(body)
-	if err != nil {
-		return apiError(http.StatusBadRequest, err)
-	}
-	results, err := a.app.BroadcastBatch(r.Context(), events)
-	switch {
-	case errors.Is(err, errUnknownClient):
-		return apiError(http.StatusNotFound, err)
-	case errors.Is(err, errEventTooLarge):
-		return apiError(http.StatusRequestEntityTooLarge, err)
-	case errors.Is(err, errTooManyChannels):
-		return apiError(http.StatusServiceUnavailable, err)
-	}
-	if err != nil {
-		return apiError(http.StatusBadRequest, err)
-	}
-	if batch {
-		return writeJSON(w, results)
-	}
-	return writeJSON(w, results[0])
+	return writeJSON(w, answer)
 }
 
 func (a *AdminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
@@ -159,6 +128,98 @@ func requireJSON(contentType string) error {
 		return fmt.Errorf("Content-Type must be application/json, got %q", contentType)
 	}
 	return nil
+}
+
+// bodyLimit bounds a publish request's body: bytes, and the option that
+// set them, which a 413 answer names.
+type bodyLimit struct {
+	bytes  int64
+	option string
+}
+
+// serveBroadcast answers a request to publish with the admin API's body,
+// one event object or an array of them: it returns the answer to write, a
+// Result or, for a batch, a []Result, or a caddy.APIError whose status and
+// message are the answer. The admin API and the sse_publish handler both
+// answer with it, so that the same body gets the same answer from either.
+//
+// check, if not nil, is given the decoded events before any is sent; the
+// error it returns, a caddy.APIError, refuses them all.
+func (a *App) serveBroadcast(w http.ResponseWriter, r *http.Request, limit bodyLimit, check func([]Event) error) (any, error) {
+	if err := requirePost(w, r); err != nil {
+		return nil, err
+	}
+	if err := requireJSON(r.Header.Get("Content-Type")); err != nil {
+		return nil, apiError(http.StatusUnsupportedMediaType, err)
+	}
+	body, err := readPublishBody(w, r, limit)
+	if err != nil {
+		return nil, err
+	}
+	events, batch, err := decodeBroadcast(body)
+	if err != nil {
+		return nil, apiError(http.StatusBadRequest, err)
+	}
+	results, err := a.publishEvents(r.Context(), events, check)
+	if err != nil {
+		return nil, err
+	}
+	if batch {
+		return results, nil
+	}
+	return results[0], nil
+}
+
+// requirePost refuses any method but POST, the one that publishes.
+func requirePost(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use POST", r.Method))
+	}
+	return nil
+}
+
+// readPublishBody reads a publish request's body, up to limit.
+func readPublishBody(w http.ResponseWriter, r *http.Request, limit bodyLimit) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit.bytes))
+	if err != nil {
+		if tooLarge := (*http.MaxBytesError)(nil); errors.As(err, &tooLarge) {
+			return nil, apiError(http.StatusRequestEntityTooLarge,
+				fmt.Errorf("request body is larger than the limit of %d bytes (%s)", tooLarge.Limit, limit.option))
+		}
+		return nil, apiError(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
+	}
+	return body, nil
+}
+
+// publishEvents publishes events, all or none, once check (if not nil)
+// has passed them, and maps the broadcaster's refusals to the answer's
+// status.
+func (a *App) publishEvents(ctx context.Context, events []Event, check func([]Event) error) ([]Result, error) {
+	if check != nil {
+		if err := check(events); err != nil {
+			return nil, err
+		}
+	}
+	results, err := a.BroadcastBatch(ctx, events)
+	if err != nil {
+		return nil, apiError(publishErrorStatus(err), err)
+	}
+	return results, nil
+}
+
+// publishErrorStatus is the status that answers an error of BroadcastBatch.
+func publishErrorStatus(err error) int {
+	switch {
+	case errors.Is(err, errUnknownClient):
+		return http.StatusNotFound
+	case errors.Is(err, errEventTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, errTooManyChannels):
+		return http.StatusServiceUnavailable
+	}
+	// A *FieldError, an empty batch, or the request's end.
+	return http.StatusBadRequest
 }
 
 // decodeBroadcast reads one event object or an array of them, and reports

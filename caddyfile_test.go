@@ -83,6 +83,16 @@ func TestCaddyfileErrorsNameTheFileAndLine(t *testing.T) {
 		{"bad write_timeout", ":8080 {\n\tsse_broadcast {\n\t\twrite_timeout soon\n\t}\n}", `parsing write_timeout "soon"`, 3},
 		{"zero replay_ttl", "{\n\tsse {\n\t\treplay_ttl 0s\n\t}\n}\n:8080 {\n\tsse_broadcast\n}", `replay_ttl must be at least 1ms`, 3},
 		{"app option given twice", "{\n\tsse {\n\t\tmax_body 1MiB\n\t}\n\tsse {\n\t}\n}\n:8080 {\n\tsse_broadcast\n}", `the sse option is given more than once`, 5},
+		{"publish: unknown subdirective", ":8080 {\n\tsse_publish {\n\t\tallow *\n\t\tchanel news\n\t}\n}", `unrecognized sse_publish subdirective "chanel"`, 4},
+		{"publish: no allow", ":8080 {\n\tsse_publish /publish {\n\t\tmax_body 1MiB\n\t}\n}", `sse_publish needs allow`, 2},
+		{"publish: no block", ":8080 {\n\n\tsse_publish /publish\n}", `sse_publish needs allow`, 3},
+		{"publish: allow without patterns", ":8080 {\n\tsse_publish {\n\t\tallow\n\t}\n}", ``, 3},
+		{"publish: channel without data body", ":8080 {\n\tsse_publish {\n\t\tallow *\n\t\tchannel news\n\t}\n}", `channel applies only with data body`, 4},
+		{"publish: event without data body", ":8080 {\n\tsse_publish {\n\t\tevent tick\n\t\tallow *\n\t}\n}", `event applies only with data body`, 3},
+		{"publish: channel twice", ":8080 {\n\tsse_publish {\n\t\tdata body\n\t\tchannel a\n\t\tallow *\n\t\tchannel b\n\t}\n}", `channel is given twice`, 6},
+		{"publish: another data mode", ":8080 {\n\tsse_publish {\n\t\tallow *\n\t\tdata form\n\t}\n}", `parsing data "form": the one mode is body`, 4},
+		{"publish: an argument", ":8080 {\n\tsse_publish /publish news {\n\t\tallow *\n\t}\n}", ``, 2},
+		{"publish: bad max_body", ":8080 {\n\tsse_publish {\n\t\tallow *\n\t\tmax_body lots\n\t}\n}", `parsing max_body "lots"`, 4},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

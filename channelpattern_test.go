@@ -45,6 +45,7 @@ func TestChannelPatternStarMatchesAnyRunOfCharactersAndNothingElseIsSpecial(t *t
 		{"**", "", true},
 		{"a**b", "ab", true},
 		{"*x*", "yyxyy", true},
+		{"*a*b*", "abxa", true}, // a at its leftmost place leaves room for b
 		{"*x*", "yyy", false},
 		// ? and classes are literal characters: there is no such syntax.
 		{"a?c", "abc", false},

@@ -1,6 +1,6 @@
 // Package ssebroadcast is a Caddy module that broadcasts Server-Sent Events.
 //
-// It has three modules, one concept a file:
+// It has four modules, one concept a file:
 //
 //   - The sse app (module.go, App) is the server-wide broadcaster. Every
 //     publish path goes through it. Its state lives in a caddy.UsagePool, so
@@ -9,6 +9,9 @@
 //     client's text/event-stream open and writes it the events of one channel.
 //   - The admin.api.sse admin module (admin.go, AdminAPI) serves
 //     POST /sse/broadcast and GET /sse/stats on Caddy's admin endpoint.
+//   - The http.handlers.sse_publish handler (publish.go, PublishHandler)
+//     answers a site route's POST as POST /sse/broadcast does, within the
+//     channels its allow patterns match (channelpattern.go).
 //
 // The `caddy sse-broadcast` command (command.go) publishes through the admin
 // API from a shell, and caddyfile.go adapts the sse_broadcast directive and
