@@ -63,8 +63,12 @@ type Handler struct {
 	// Default: 4 MiB.
 	MaxQueueBytes int `json:"max_queue_bytes,omitempty"`
 
-	// MaxClients bounds the streams this handler holds open at once;
-	// further requests get 503 with Retry-After. Default: 0, no limit.
+	// MaxClients bounds the streams this handler holds open at once.
+	// Further requests are refused: one whose Accept names
+	// text/event-stream (an EventSource's) gets 200 with a stream that
+	// sets a retry (the backoff, with jitter) and ends, so that a browser
+	// comes back; any other gets 503 with Retry-After. Default: 0, no
+	// limit.
 	MaxClients int `json:"max_clients,omitempty"`
 
 	// FlushInterval is the least time between two writes to one client.
@@ -255,7 +259,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if n := h.clients.Add(1); h.MaxClients > 0 && n > int64(h.MaxClients) {
 		h.clients.Add(-1)
 		h.app.broadcaster.rejected.Add(1)
-		return h.refuse(w, errTooManyClients)
+		return h.refuse(w, r, errTooManyClients)
 	}
 	// A stream whose connection is taken over outlives this call: it lets
 	// go of its place when it ends.
@@ -284,7 +288,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			// max_clients refusals are counted where they are made.
 			h.app.broadcaster.rejected.Add(1)
 		}
-		return h.refuse(w, err)
+		return h.refuse(w, r, err)
 	}
 	defer func() {
 		if !takenOver {
@@ -349,13 +353,17 @@ func lastEventID(r *http.Request) (string, bool) {
 	return "", false
 }
 
-// refuse answers a stream request that cannot be served now with 503, a
-// Retry-After and a short message.
-func (h *Handler) refuse(w http.ResponseWriter, reason error) error {
-	retryAfter := 5
-	if h.Retry > 0 {
-		retryAfter = int(math.Ceil(time.Duration(h.Retry).Seconds()))
+// refuse answers a stream request that cannot be served now. A request
+// that accepts text/event-stream by name, as EventSource's does, gets a
+// stream that only says when to come back (refuseStream, refusal.go): a
+// browser survives that, and no other answer. Any other request gets 503, a
+// Retry-After (the backoff in whole seconds, rounded up) and a short
+// message.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, reason error) error {
+	if acceptsEventStream(r.Header) {
+		return h.refuseStream(w, reason)
 	}
+	retryAfter := int(math.Ceil(h.refusalBackoff().Seconds()))
 	hdr := w.Header()
 	hdr.Set("Retry-After", strconv.Itoa(retryAfter))
 	hdr.Set("Content-Type", "text/plain; charset=utf-8")

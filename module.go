@@ -91,8 +91,9 @@ type App struct {
 	ReplayTotalBytes int64 `json:"replay_total_bytes,omitempty"`
 
 	// MaxClients bounds the streams open at once over the whole server;
-	// further stream requests get 503 with Retry-After. Default: 0, no
-	// limit.
+	// further stream requests are refused as over a handler's max_clients
+	// (a stream that ends with a retry for an EventSource, else 503 with
+	// Retry-After). Default: 0, no limit.
 	MaxClients int `json:"max_clients,omitempty"`
 
 	// MaxChannelLength bounds a channel's name, in bytes: a longer one is
@@ -105,9 +106,10 @@ type App struct {
 
 	// MaxChannels bounds how many channels exist at once (a channel exists
 	// while it has clients or events to replay: one with no client counts
-	// until its last event is older than ReplayTTL). A stream or a publish
-	// that would make a new channel over it is refused with 503. Default:
-	// 100000.
+	// until its last event is older than ReplayTTL). A publish that would
+	// make a new channel over it is refused with 503; so is a stream, or,
+	// for an EventSource, answered with a stream that sets a retry and
+	// ends. Default: 100000.
 	MaxChannels int `json:"max_channels,omitempty"`
 
 	broadcaster *broadcaster
