@@ -109,6 +109,23 @@ type Handler struct {
 	// every stream with the server. Default: true.
 	Takeover *bool `json:"takeover,omitempty"`
 
+	// Drain is the window over which a config reload ends this handler's
+	// open streams: each ends at a moment of its own, spread evenly and at
+	// random over the window, so that its clients reconnect to the new
+	// config spread over it too rather than all in the same second. Until
+	// then a stream receives every event published, and keep-alives; its
+	// client then resumes with Last-Event-ID and misses nothing. The old
+	// config lingers for that long after the reload, and its streams keep
+	// its options meanwhile: a reload that tightens access reaches a
+	// draining client only when it reconnects. Keep it below the http
+	// app's grace_period, if one is set: HTTP/3 connections are closed
+	// when that passes. Stopping Caddy ends streams at once, whatever the
+	// drain. 0 ends every stream at the reload, as Caddy's reverse_proxy
+	// ends its streams by default: set a few seconds (e.g. 10s) where a
+	// reload would otherwise bring thousands of clients back at once.
+	// Default: 0.
+	Drain caddy.Duration `json:"drain,omitempty"`
+
 	app     *App
 	server  *caddyhttp.Server // nil outside an HTTP server
 	clients *atomic.Int64
@@ -213,6 +230,8 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("max_clients must not be negative, got %d", h.MaxClients)
 	case h.FlushInterval < 0:
 		return fmt.Errorf("flush_interval must not be negative, got %s", time.Duration(h.FlushInterval))
+	case h.Drain < 0:
+		return fmt.Errorf("drain must not be negative, got %s", time.Duration(h.Drain))
 	}
 	// A channel without placeholders is the same for every request: one
 	// that cannot be a channel would have every request answered 400. A
@@ -272,6 +291,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 	opts := streamOptions{maxQueue: h.MaxQueue, maxQueueBytes: h.MaxQueueBytes, remoteAddr: r.RemoteAddr}
 	opts.lastEventID, opts.resume = lastEventID(r)
+	opts.drain = time.Duration(h.Drain)
 	sub, err := h.app.attach(channel, opts)
 	if errors.Is(err, errStopping) {
 		// A stream that ends at once makes a browser reconnect, to the
