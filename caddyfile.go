@@ -49,6 +49,7 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	    flush_interval  <duration>        # least time between writes to a client; default 0
 //	    takeover        on | off          # take HTTP/1 connections over after the headers; default on
 //	    greeting                          # open with a "connected" event naming the client's id
+//	    drain           <duration>        # a reload ends streams spread over this window; default 0
 //	}
 //
 // The channels are named once: one as the directive's argument, or one or
@@ -177,6 +178,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.SendBuffer = int(min(size, math.MaxInt))
 		case "greeting":
 			h.Greeting = true
+		case "drain":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			window, err := caddy.ParseDuration(d.Val())
+			if err != nil || window < 0 {
+				return d.Errf("parsing drain %q: must be a duration of 0 or more", d.Val())
+			}
+			h.Drain = caddy.Duration(window)
 		case "takeover":
 			if !d.NextArg() {
 				return d.ArgErr()

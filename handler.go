@@ -103,8 +103,12 @@ type Handler struct {
 	// Default: 4 MiB.
 	MaxQueueBytes int `json:"max_queue_bytes,omitempty"`
 
-	// MaxClients bounds the streams this handler holds open at once;
-	// further requests get 503 with Retry-After. Default: 0, no limit.
+	// MaxClients bounds the streams this handler holds open at once.
+	// Further requests are refused: one whose Accept names
+	// text/event-stream (an EventSource's) gets 200 with a stream that
+	// sets a retry (the backoff, with jitter) and ends, so that a browser
+	// comes back; any other gets 503 with Retry-After. Default: 0, no
+	// limit.
 	MaxClients int `json:"max_clients,omitempty"`
 
 	// FlushInterval is the least time between two writes to one client.
@@ -144,6 +148,23 @@ type Handler struct {
 	// HTTP/3 streams, stay with the server in any case. Set false to keep
 	// every stream with the server. Default: true.
 	Takeover *bool `json:"takeover,omitempty"`
+
+	// Drain is the window over which a config reload ends this handler's
+	// open streams: each ends at a moment of its own, spread evenly and at
+	// random over the window, so that its clients reconnect to the new
+	// config spread over it too rather than all in the same second. Until
+	// then a stream receives every event published, and keep-alives; its
+	// client then resumes with Last-Event-ID and misses nothing. The old
+	// config lingers for that long after the reload, and its streams keep
+	// its options meanwhile: a reload that tightens access reaches a
+	// draining client only when it reconnects. Keep it below the http
+	// app's grace_period, if one is set: HTTP/3 connections are closed
+	// when that passes. Stopping Caddy ends streams at once, whatever the
+	// drain. 0 ends every stream at the reload, as Caddy's reverse_proxy
+	// ends its streams by default: set a few seconds (e.g. 10s) where a
+	// reload would otherwise bring thousands of clients back at once.
+	// Default: 0.
+	Drain caddy.Duration `json:"drain,omitempty"`
 
 	allow   channelPatterns
 	app     *App
@@ -269,6 +290,8 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("max_stream_channels must be at least 1, got %d", h.MaxStreamChannels)
 	case len(h.Channels) > h.MaxStreamChannels:
 		return fmt.Errorf("%d channels are more than max_stream_channels, %d", len(h.Channels), h.MaxStreamChannels)
+	case h.Drain < 0:
+		return fmt.Errorf("drain must not be negative, got %s", time.Duration(h.Drain))
 	case h.Backlog < 0:
 		return fmt.Errorf("backlog must not be negative, got %d", h.Backlog)
 	}
@@ -318,7 +341,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if n := h.clients.Add(1); h.MaxClients > 0 && n > int64(h.MaxClients) {
 		h.clients.Add(-1)
 		h.app.broadcaster.rejected.Add(1)
-		return h.refuse(w, errTooManyClients)
+		return h.refuse(w, r, errTooManyClients)
 	}
 	// A stream whose connection is taken over outlives this call: it lets
 	// go of its place when it ends.
@@ -337,6 +360,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if !h.NoReset {
 		opts.start.resetEvent = h.ResetEvent
 	}
+	opts.drain = time.Duration(h.Drain)
 	sub, err := h.app.attach(channels, opts)
 	if errors.Is(err, errStopping) {
 		// A stream that ends at once makes a browser reconnect, to the
@@ -354,7 +378,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			// max_clients refusals are counted where they are made.
 			h.app.broadcaster.rejected.Add(1)
 		}
-		return h.refuse(w, err)
+		return h.refuse(w, r, err)
 	}
 	defer func() {
 		if !takenOver {
@@ -422,13 +446,17 @@ func lastEventID(r *http.Request) (string, bool) {
 	return "", false
 }
 
-// refuse answers a stream request that cannot be served now with 503, a
-// Retry-After and a short message.
-func (h *Handler) refuse(w http.ResponseWriter, reason error) error {
-	retryAfter := 5
-	if h.Retry > 0 {
-		retryAfter = int(math.Ceil(time.Duration(h.Retry).Seconds()))
+// refuse answers a stream request that cannot be served now. A request
+// that accepts text/event-stream by name, as EventSource's does, gets a
+// stream that only says when to come back (refuseStream, refusal.go): a
+// browser survives that, and no other answer. Any other request gets 503, a
+// Retry-After (the backoff in whole seconds, rounded up) and a short
+// message.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, reason error) error {
+	if acceptsEventStream(r.Header) {
+		return h.refuseStream(w, reason)
 	}
+	retryAfter := int(math.Ceil(h.refusalBackoff().Seconds()))
 	hdr := w.Header()
 	hdr.Set("Retry-After", strconv.Itoa(retryAfter))
 	hdr.Set("Content-Type", "text/plain; charset=utf-8")

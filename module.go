@@ -32,6 +32,14 @@
 // an HTTP/2 or HTTP/3 stream, its handler's goroutine. A stream that
 // resumes with Last-Event-ID takes the events it missed from the window
 // under the same lock, so it neither misses nor doubles one.
+//
+// A stream ends when its client leaves, when the server cuts it (too slow,
+// or kicked), or when its config stops: at once when Caddy stops, and on a
+// reload over its handler's drain window, each stream at a moment of its
+// own (drain.go), so that clients do not all reconnect in the same second.
+// A stream refused over a limit is answered, for an EventSource, with a
+// stream that tells it when to come back (refusal.go), since a browser
+// gives up for good after a 503.
 package ssebroadcast
 
 import (
@@ -94,8 +102,9 @@ type App struct {
 	ReplayTotalBytes int64 `json:"replay_total_bytes,omitempty"`
 
 	// MaxClients bounds the streams open at once over the whole server;
-	// further stream requests get 503 with Retry-After. Default: 0, no
-	// limit.
+	// further stream requests are refused as over a handler's max_clients
+	// (a stream that ends with a retry for an EventSource, else 503 with
+	// Retry-After). Default: 0, no limit.
 	MaxClients int `json:"max_clients,omitempty"`
 
 	// MaxChannelLength bounds a channel's name, in bytes: a longer one is
@@ -108,14 +117,19 @@ type App struct {
 
 	// MaxChannels bounds how many channels exist at once (a channel exists
 	// while it has clients or events to replay: one with no client counts
-	// until its last event is older than ReplayTTL). A stream or a publish
-	// that would make a new channel over it is refused with 503. Default:
-	// 100000.
+	// until its last event is older than ReplayTTL). A publish that would
+	// make a new channel over it is refused with 503; so is a stream, or,
+	// for an EventSource, answered with a stream that sets a retry and
+	// ends. Default: 100000.
 	MaxChannels int `json:"max_channels,omitempty"`
 
 	broadcaster *broadcaster
 	streams     *configStreams
 	logger      *zap.Logger
+	// ctx is the config's, to tell a reload from a stop; drains, the
+	// process's drains under way (drain.go).
+	ctx    caddy.Context
+	drains *drains
 
 	// limits and previousLimits let Stop undo Start when this config
 	// does not take over: Caddy stops the apps that started when another
@@ -125,11 +139,12 @@ type App struct {
 
 // configStreams is the set of streams one config serves, so that stopping
 // the config ends them: Caddy's default grace period never expires, and a
-// stream never ends by itself.
+// stream never ends by itself. Each open stream maps to its handler's drain
+// window.
 type configStreams struct {
 	mu       sync.Mutex
 	stopping bool
-	open     map[*subscriber]struct{}
+	open     map[*subscriber]time.Duration
 }
 
 // CaddyModule returns the Caddy module information.
@@ -143,6 +158,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision takes the process's broadcaster, creating it on first use.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.ctx = ctx
 	if a.MaxBody == 0 {
 		a.MaxBody = DefaultMaxBody
 	}
@@ -168,7 +184,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.MaxChannels == 0 {
 		a.MaxChannels = DefaultMaxChannels
 	}
-	a.streams = &configStreams{open: make(map[*subscriber]struct{})}
+	a.streams = &configStreams{open: make(map[*subscriber]time.Duration)}
 	val, _, err := broadcasterPool.LoadOrNew(broadcasterKey, func() (caddy.Destructor, error) {
 		return newBroadcaster(a.broadcastLimits()), nil
 	})
@@ -176,6 +192,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading broadcaster: %w", err)
 	}
 	a.broadcaster = val.(*broadcaster)
+	val, _, err = drainsPool.LoadOrNew(drainsKey, func() (caddy.Destructor, error) {
+		return newDrains(), nil
+	})
+	if err != nil {
+		return fmt.Errorf("loading drains: %w", err)
+	}
+	a.drains = val.(*drains)
 	// Each config has its own registry: registering on it is what keeps
 	// the metrics across reloads.
 	if registry := ctx.GetMetricsRegistry(); registry != nil {
@@ -235,7 +258,8 @@ func (a *App) Start() error {
 }
 
 // Stop ends every stream this config serves, so that neither a reload nor
-// `caddy stop` waits on them. Clients reconnect to the new config.
+// `caddy stop` waits on them: at once, or on a reload over their handlers'
+// drain windows. Clients reconnect to the new config.
 func (a *App) Stop() error {
 	a.endStreams()
 	if a.limits != nil {
@@ -245,8 +269,15 @@ func (a *App) Stop() error {
 	return nil
 }
 
-// Cleanup gives back this config's reference to the broadcaster.
+// Cleanup gives back this config's references to the drains and the
+// broadcaster. The last config to go ends what is left of any drain first,
+// since the broadcaster goes with it.
 func (a *App) Cleanup() error {
+	if a.drains != nil {
+		if _, err := drainsPool.Delete(drainsKey); err != nil {
+			return fmt.Errorf("releasing drains: %w", err)
+		}
+	}
 	if a.broadcaster == nil {
 		return nil
 	}
@@ -294,6 +325,8 @@ type streamOptions struct {
 	nameByChannel bool
 	start         resumeRequest
 	remoteAddr    string
+	// drain is the handler's drain window.
+	drain time.Duration
 }
 
 // attach subscribes a new stream to its channels.
@@ -314,7 +347,7 @@ func (a *App) attach(channels []string, opts streamOptions) (*subscriber, error)
 		b.connected.Add(-1)
 		return nil, errStopping
 	}
-	cs.open[s] = struct{}{}
+	cs.open[s] = opts.drain
 	cs.mu.Unlock()
 	if err := b.subscribe(s, opts.start); err != nil {
 		a.detach(s)
@@ -332,8 +365,12 @@ func (a *App) detach(s *subscriber) {
 	a.streams.mu.Unlock()
 }
 
-// endStreams drops every stream of this config and refuses new ones.
+// endStreams ends every stream of this config and refuses new ones. On a
+// reload, the streams of handlers with a drain window end over it
+// (drain.go), the others at once; when Caddy stops, every stream ends at
+// once, and so do those that earlier reloads are still draining.
 func (a *App) endStreams() {
+	replaced := replacedByAnotherConfig(a.ctx)
 	cs := a.streams
 	cs.mu.Lock()
 	if cs.stopping {
@@ -343,8 +380,19 @@ func (a *App) endStreams() {
 	}
 	cs.stopping = true
 	streams := make([]*subscriber, 0, len(cs.open))
-	for s := range cs.open {
+	var draining []drainingStream
+	for s, window := range cs.open {
+		if replaced && window > 0 {
+			draining = append(draining, drainingStream{sub: s, window: window})
+			continue
+		}
 		streams = append(streams, s)
+	}
+	if len(draining) > 0 {
+		// Under the lock, so that the other caller of endStreams returns
+		// once the drain is known: a stop right after the reload must
+		// find it.
+		a.drains.start(a.broadcaster, a.logger, draining)
 	}
 	cs.mu.Unlock()
 	for _, s := range streams {
@@ -352,6 +400,9 @@ func (a *App) endStreams() {
 	}
 	if len(streams) > 0 {
 		a.logger.Info("ended open streams", zap.Int("streams", len(streams)))
+	}
+	if !replaced {
+		a.drains.hurryAll()
 	}
 }
 

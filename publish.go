@@ -249,7 +249,9 @@ func (h *PublishHandler) checkAllowed(patterns resolvedPatterns, ev *Event) erro
 		// ids are random and never given twice.
 		return nil
 	}
-	if !patterns.match(target.channel) {
+	// An event for a client, without a channel, counts as its first
+	// channel's: the one it is published to.
+	if !patterns.match(target.channels[0]) {
 		// The client's channel is not named: the id alone must not tell
 		// a publisher where a client of another channel listens.
 		return fmt.Errorf("client %q is on a channel that this route's allow patterns do not match", ev.Client)
