@@ -98,21 +98,6 @@ func parseChannelPattern(p string) (channelPattern, error) {
 	}, nil
 }
 
-// allows reports whether channel matches any pattern, with placeholders
-// resolved by repl. It allocates nothing unless a pattern has
-// placeholders.
-func (cp channelPatterns) allows(repl *caddy.Replacer, channel string) bool {
-	if cp.literal != nil {
-		return cp.literal.match(channel)
-	}
-	for _, pattern := range cp.patterns {
-		if parts, ok := pattern.resolve(repl); ok && matchParts(parts, channel) {
-			return true
-		}
-	}
-	return false
-}
-
 // resolve returns the patterns with placeholders resolved by repl, for
 // checking many channels of one request. A pattern whose placeholder is
 // unknown or empty is left out. Without placeholders, it returns the

@@ -61,8 +61,7 @@ func TestChannelPatternStarMatchesAnyRunOfCharactersAndNothingElseIsSpecial(t *t
 	repl := caddy.NewReplacer()
 	for _, tt := range tests {
 		cp := mustChannelPatterns(t, tt.pattern)
-		assert.Equal(t, tt.want, cp.allows(repl, tt.channel), "pattern %q, channel %q", tt.pattern, tt.channel)
-		assert.Equal(t, tt.want, cp.resolve(repl).match(tt.channel), "resolved pattern %q, channel %q", tt.pattern, tt.channel)
+		assert.Equal(t, tt.want, cp.resolve(repl).match(tt.channel), "pattern %q, channel %q", tt.pattern, tt.channel)
 	}
 }
 
@@ -70,18 +69,18 @@ func TestChannelPatternsAllowAChannelThatAnyOfThemMatches(t *testing.T) {
 	cp := mustChannelPatterns(t, "news", "topic-*", "*-alerts")
 	repl := caddy.NewReplacer()
 	for _, channel := range []string{"news", "topic-a", "fire-alerts"} {
-		assert.True(t, cp.allows(repl, channel), channel)
+		assert.True(t, cp.resolve(repl).match(channel), channel)
 	}
 	for _, channel := range []string{"sports", "topic", "alerts", "default"} {
-		assert.False(t, cp.allows(repl, channel), channel)
+		assert.False(t, cp.resolve(repl).match(channel), channel)
 	}
 }
 
 func TestNoChannelPatternsAllowNoChannel(t *testing.T) {
 	repl := caddy.NewReplacer()
-	assert.False(t, channelPatterns{}.allows(repl, "default"))
 	assert.False(t, channelPatterns{}.resolve(repl).match("default"))
-	assert.False(t, mustChannelPatterns(t).allows(repl, "default"))
+	assert.False(t, channelPatterns{}.resolve(repl).match("default"))
+	assert.False(t, mustChannelPatterns(t).resolve(repl).match("default"))
 }
 
 func TestChannelPatternPlaceholdersAreResolvedPerRequest(t *testing.T) {
@@ -89,18 +88,18 @@ func TestChannelPatternPlaceholdersAreResolvedPerRequest(t *testing.T) {
 	alice := caddy.NewReplacer()
 	alice.Set("http.auth.user.id", "alice")
 	alice.Set("http.auth.user.team", "red")
-	assert.True(t, cp.allows(alice, "user-alice"))
-	assert.True(t, cp.allows(alice, "team-red-chat"))
-	assert.False(t, cp.allows(alice, "user-bob"))
-	assert.False(t, cp.allows(alice, "team-blue-chat"))
+	assert.True(t, cp.resolve(alice).match("user-alice"))
+	assert.True(t, cp.resolve(alice).match("team-red-chat"))
+	assert.False(t, cp.resolve(alice).match("user-bob"))
+	assert.False(t, cp.resolve(alice).match("team-blue-chat"))
 	resolved := cp.resolve(alice)
 	assert.True(t, resolved.match("user-alice"))
 	assert.False(t, resolved.match("user-bob"))
 
 	bob := caddy.NewReplacer()
 	bob.Set("http.auth.user.id", "bob")
-	assert.True(t, cp.allows(bob, "user-bob"))
-	assert.False(t, cp.allows(bob, "user-alice"))
+	assert.True(t, cp.resolve(bob).match("user-bob"))
+	assert.False(t, cp.resolve(bob).match("user-alice"))
 }
 
 func TestChannelPatternWithAnUnknownOrEmptyPlaceholderMatchesNothing(t *testing.T) {
@@ -108,14 +107,14 @@ func TestChannelPatternWithAnUnknownOrEmptyPlaceholderMatchesNothing(t *testing.
 	anonymous := caddy.NewReplacer()
 	anonymous.Set("http.auth.user.id", "")
 	for _, channel := range []string{"user-", "user-alice", "", "anything", "{no.such.placeholder}"} {
-		assert.False(t, cp.allows(anonymous, channel), channel)
+		assert.False(t, cp.resolve(anonymous).match(channel), channel)
 		assert.False(t, cp.resolve(anonymous).match(channel), channel)
 	}
 	// Unset is as unknown as empty.
-	assert.False(t, cp.allows(caddy.NewReplacer(), "user-"))
+	assert.False(t, cp.resolve(caddy.NewReplacer()).match("user-"))
 	// Only the pattern that fails is left out.
 	mixed := mustChannelPatterns(t, "user-{http.auth.user.id}", "news")
-	assert.True(t, mixed.allows(anonymous, "news"))
+	assert.True(t, mixed.resolve(anonymous).match("news"))
 	assert.True(t, mixed.resolve(anonymous).match("news"))
 }
 
@@ -125,8 +124,8 @@ func TestChannelPatternPlaceholderValueIsMatchedAsItIs(t *testing.T) {
 	cp := mustChannelPatterns(t, "user-{http.auth.user.id}")
 	repl := caddy.NewReplacer()
 	repl.Set("http.auth.user.id", "*")
-	assert.True(t, cp.allows(repl, "user-*"))
-	assert.False(t, cp.allows(repl, "user-alice"))
+	assert.True(t, cp.resolve(repl).match("user-*"))
+	assert.False(t, cp.resolve(repl).match("user-alice"))
 	assert.False(t, cp.resolve(repl).match("user-alice"))
 }
 
@@ -157,7 +156,7 @@ func TestChannelPatternMatchingAllocatesNothingWithoutPlaceholders(t *testing.T)
 	repl := caddy.NewReplacer()
 	channel := strings.Repeat("x", 100) + "-feed"
 	allocs := testing.AllocsPerRun(100, func() {
-		cp.allows(repl, channel)
+		cp.resolve(repl).match(channel)
 		cp.resolve(repl).match(channel)
 	})
 	assert.Zero(t, allocs)
@@ -198,7 +197,7 @@ func FuzzChannelPatternMatchesLikeItsReference(f *testing.F) {
 		}
 		want := matchesLikeGlobRegexp(pattern, channel)
 		repl := caddy.NewReplacer()
-		require.Equal(t, want, cp.allows(repl, channel), "pattern %q, channel %q", pattern, channel)
+		require.Equal(t, want, cp.resolve(repl).match(channel), "pattern %q, channel %q", pattern, channel)
 		require.Equal(t, want, cp.resolve(repl).match(channel), "resolved pattern %q, channel %q", pattern, channel)
 	})
 }

@@ -187,9 +187,9 @@ func TestAStreamOfSeveralChannelsSeesOneStrictlyIncreasingIdOrder(t *testing.T) 
 		openStream(t, nil, ts.url("/renamed")),
 	}
 	require.Eventually(t, func() bool { return ts.stats().Clients == 2 }, awaitTimeout, 5*time.Millisecond)
-	results := make([]<-chan []sseEvent, len(streams))
+	results := make([]<-chan []received, len(streams))
 	for i, s := range streams {
-		results[i] = s.collectEvents(publishers * perPublisher)
+		results[i] = s.collect(publishers * perPublisher)
 	}
 	app := sseApp(t)
 	var wg sync.WaitGroup
@@ -207,13 +207,13 @@ func TestAStreamOfSeveralChannelsSeesOneStrictlyIncreasingIdOrder(t *testing.T) 
 		got := <-result
 		require.Len(t, got, publishers*perPublisher, "stream %d", i)
 		for j := 1; j < len(got); j++ {
-			require.Less(t, got[j-1].LastEventID, got[j].LastEventID, "stream %d: ids must strictly increase, at event %d", i, j)
+			require.Less(t, got[j-1].id, got[j].id, "stream %d: ids must strictly increase, at event %d", i, j)
 		}
 		// Each publisher's own events in the order it published them.
 		next := make([]int, publishers)
 		for _, ev := range got {
 			var p, n int
-			_, err := fmt.Sscanf(ev.Data, "%d-%d", &p, &n)
+			_, err := fmt.Sscanf(ev.data, "%d-%d", &p, &n)
 			require.NoError(t, err)
 			require.Equal(t, next[p], n, "stream %d, publisher %d", i, p)
 			next[p]++
@@ -331,29 +331,3 @@ func TestEarliestAndBacklogServeWhatIsKept(t *testing.T) {
 	ts.mustBroadcast(`{"channel":"a","data":"live only"}`)
 	assert.Equal(t, "live only", none.next().Data, "no backlog by default")
 }
-
-// collectEvents reads n events from s in the background and returns them.
-func (s *stream) collectEvents(n int) <-chan []sseEvent {
-	out := make(chan []sseEvent, 1)
-	go func() {
-		got := make([]sseEvent, 0, n)
-		for len(got) < n {
-			select {
-			case ev, ok := <-s.events:
-				if !ok {
-					out <- got
-					return
-				}
-				got = append(got, sseEvent{Type: ev.Type, Data: ev.Data, LastEventID: ev.LastEventID})
-			case <-time.After(awaitTimeout):
-				out <- got
-				return
-			}
-		}
-		out <- got
-	}()
-	return out
-}
-
-// sseEvent is what a test keeps of an event go-sse read.
-type sseEvent struct{ Type, Data, LastEventID string }

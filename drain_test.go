@@ -345,28 +345,7 @@ func TestAReloadEndsAtOnceTheStreamsOfAHandlerWithoutADrain(t *testing.T) {
 // timeouts; the drain then ends, and with it the old server's shutdown.
 func TestAStalledStreamEndsWithinASecondOfTheDrainWindow(t *testing.T) {
 	const window = time.Second
-	caddyfile := func(takeover string) string {
-		return `{
-	{GLOBAL}
-	servers {
-		protocols h1 h2c
-		timeouts {
-			write_idle -1s
-		}
-	}
-}
-:{HTTP} {
-	sse_broadcast {
-		write_timeout off
-		takeover ` + takeover + `
-		send_buffer 16KiB
-		keepalive off
-		max_queue 100000
-		max_queue_bytes 64MiB
-		drain ` + window.String() + `
-	}
-}`
-	}
+	caddyfile := func(takeover string) string { return unboundedStallCaddyfile(takeover, "drain "+window.String()) }
 	stalls := []struct {
 		name     string
 		takeover string

@@ -144,14 +144,21 @@ func (r apiResponse) errorMessage(t testing.TB) string {
 // it is sent again.
 func (ts *testServer) adminRequest(method, path, contentType string, body []byte) apiResponse {
 	ts.t.Helper()
+	return ts.request(plainClient, method, "http://"+ts.admin+path, contentType, body)
+}
+
+// request sends a request to url with client, and sends it again while it
+// fails at the connection, unanswered (see adminRequest).
+func (ts *testServer) request(client *http.Client, method, url, contentType string, body []byte) apiResponse {
+	ts.t.Helper()
 	var lastErr error
 	for range 50 {
-		req, err := http.NewRequest(method, "http://"+ts.admin+path, bytes.NewReader(body))
+		req, err := http.NewRequest(method, url, bytes.NewReader(body))
 		require.NoError(ts.t, err)
 		if contentType != "" {
 			req.Header.Set("Content-Type", contentType)
 		}
-		resp, err := plainClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			lastErr = err
 			time.Sleep(10 * time.Millisecond) // backoff before a retry, not synchronisation
@@ -162,7 +169,7 @@ func (ts *testServer) adminRequest(method, path, contentType string, body []byte
 		require.NoError(ts.t, err)
 		return apiResponse{status: resp.StatusCode, header: resp.Header, body: respBody}
 	}
-	require.FailNow(ts.t, "admin endpoint unreachable", "%s %s: %v", method, path, lastErr)
+	require.FailNow(ts.t, "server unreachable", "%s %s: %v", method, url, lastErr)
 	return apiResponse{}
 }
 

@@ -5,14 +5,11 @@ package ssebroadcast
 // patterns, and the raw body as a webhook's event.
 
 import (
-	"bytes"
 	"encoding/json"
-	"io"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/stretchr/testify/assert"
@@ -28,26 +25,7 @@ func (ts *testServer) siteRequest(client *http.Client, method, path, contentType
 	if client == nil {
 		client = plainClient
 	}
-	var lastErr error
-	for range 50 {
-		req, err := http.NewRequest(method, ts.url(path), bytes.NewReader(body))
-		require.NoError(ts.t, err)
-		if contentType != "" {
-			req.Header.Set("Content-Type", contentType)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			lastErr = err
-			time.Sleep(10 * time.Millisecond) // backoff before a retry, not synchronisation
-			continue
-		}
-		defer resp.Body.Close()
-		respBody, err := io.ReadAll(resp.Body)
-		require.NoError(ts.t, err)
-		return apiResponse{status: resp.StatusCode, header: resp.Header, body: respBody}
-	}
-	require.FailNow(ts.t, "site unreachable", "%s %s: %v", method, path, lastErr)
-	return apiResponse{}
+	return ts.request(client, method, ts.url(path), contentType, body)
 }
 
 // publish posts a JSON body to the site's path.

@@ -33,7 +33,8 @@ func stalledClient(t *testing.T, addr, path string) net.Conn {
 }
 
 // collect reads n events from s in the background, so that the client keeps
-// up however fast events come, and returns their data and receive times.
+// up however fast events come, and returns their data, ids and receive
+// times.
 func (s *stream) collect(n int) <-chan []received {
 	out := make(chan []received, 1)
 	go func() {
@@ -45,7 +46,7 @@ func (s *stream) collect(n int) <-chan []received {
 					out <- got
 					return
 				}
-				got = append(got, received{data: ev.Data, at: time.Now()})
+				got = append(got, received{data: ev.Data, id: ev.LastEventID, at: time.Now()})
 			case <-time.After(awaitTimeout):
 				out <- got
 				return
@@ -57,8 +58,8 @@ func (s *stream) collect(n int) <-chan []received {
 }
 
 type received struct {
-	data string
-	at   time.Time
+	data, id string
+	at       time.Time
 }
 
 func TestAStalledClientIsDisconnectedAndHoldsNoOneBack(t *testing.T) {

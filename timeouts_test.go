@@ -196,27 +196,7 @@ func TestAStalledHTTP2StreamIsCutAndItsConnectionServesTheOthers(t *testing.T) {
 // reload ends the stalled stream within it, on every protocol the handler
 // serves it with, and nothing is left behind.
 func TestAShutdownEndsAStalledStreamWhateverTheTimeouts(t *testing.T) {
-	caddyfile := func(takeover string) string {
-		return `{
-	{GLOBAL}
-	servers {
-		protocols h1 h2c
-		timeouts {
-			write_idle -1s
-		}
-	}
-}
-:{HTTP} {
-	sse_broadcast {
-		write_timeout off
-		takeover ` + takeover + `
-		send_buffer 16KiB
-		keepalive off
-		max_queue 100000
-		max_queue_bytes 64MiB
-	}
-}`
-	}
+	caddyfile := func(takeover string) string { return unboundedStallCaddyfile(takeover, "") }
 	stalls := []struct {
 		name     string
 		takeover string
@@ -265,6 +245,32 @@ func TestAShutdownEndsAStalledStreamWhateverTheTimeouts(t *testing.T) {
 			assert.Equal(t, uint64(1), ts.stats().Disconnects.Shutdown, "counted as ended by the shutdown")
 		})
 	}
+}
+
+// unboundedStallCaddyfile serves a stream that nothing but a shutdown bounds:
+// write_timeout off, the server's write_idle off, queues far larger than
+// the socket buffers; more holds more handler options.
+func unboundedStallCaddyfile(takeover, more string) string {
+	return `{
+	{GLOBAL}
+	servers {
+		protocols h1 h2c
+		timeouts {
+			write_idle -1s
+		}
+	}
+}
+:{HTTP} {
+	sse_broadcast {
+		write_timeout off
+		takeover ` + takeover + `
+		send_buffer 16KiB
+		keepalive off
+		max_queue 100000
+		max_queue_bytes 64MiB
+		` + more + `
+	}
+}`
 }
 
 // stallHTTP1 opens a stream over a raw TCP connection that never reads,
