@@ -161,6 +161,10 @@ func (a *App) serveBroadcast(w http.ResponseWriter, r *http.Request, limit bodyL
 		return nil, apiError(http.StatusBadRequest, err)
 	}
 	results, err := a.publishEvents(r.Context(), events, check)
+	if apiErr := (caddy.APIError{}); errors.As(err, &apiErr) && errors.As(apiErr.Err, new(*TransportError)) {
+		// What carries events is out of reach for now: try again soon.
+		w.Header().Set("Retry-After", "1")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -216,6 +220,8 @@ func publishErrorStatus(err error) int {
 	case errors.Is(err, errEventTooLarge):
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, errTooManyChannels):
+		return http.StatusServiceUnavailable
+	case errors.As(err, new(*TransportError)):
 		return http.StatusServiceUnavailable
 	}
 	// A *FieldError, an empty batch, or the request's end.

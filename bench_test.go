@@ -9,6 +9,7 @@ package ssebroadcast
 // publish, nothing per delivery.
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -56,11 +57,15 @@ func drain(subs []*subscriber, spare [][]byte) [][]byte {
 // timer, and returns how many it published.
 func publishLoop(b *testing.B, br *broadcaster, ev Event, reading []*subscriber) int {
 	events := []Event{ev}
+	transport := new(MemoryTransport)
+	if err := transport.Open(br); err != nil {
+		b.Fatal(err)
+	}
 	var spare [][]byte
 	b.ReportAllocs()
 	published := 0
 	for b.Loop() {
-		if _, err := br.publish(events); err != nil {
+		if _, err := br.publish(context.Background(), transport, events); err != nil {
 			b.Fatal(err)
 		}
 		if published++; published%drainEvery == 0 {

@@ -2,6 +2,7 @@ package ssebroadcast
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -316,9 +317,10 @@ func withEventName(frame, namePrefix []byte) []byte {
 // a placeholder id: right after "id: ".
 const idDigitsAt = len("id: ")
 
-// publish validates every event, then encodes and fans out each in order.
-// A batch is all or nothing: if any event is invalid, none is sent.
-func (b *broadcaster) publish(events []Event) ([]Result, error) {
+// publish validates every event, then encodes each and hands it to
+// transport, in order. A batch is all or nothing: if any event is invalid,
+// none is sent.
+func (b *broadcaster) publish(ctx context.Context, transport Transport, events []Event) ([]Result, error) {
 	if len(events) == 0 {
 		return nil, errNoEvents
 	}
@@ -342,7 +344,7 @@ func (b *broadcaster) publish(events []Event) ([]Result, error) {
 		return nil, err
 	}
 	// Every addressed client must be connected before any event goes.
-	targets := make([]*subscriber, len(events))
+	var targets []*subscriber
 	for i := range events {
 		if events[i].Client == "" {
 			continue
@@ -354,48 +356,88 @@ func (b *broadcaster) publish(events []Event) ([]Result, error) {
 			}
 			return nil, err
 		}
+		if targets == nil {
+			targets = make([]*subscriber, len(events))
+		}
 		targets[i] = target
 	}
-	results := make([]Result, len(events))
+
+	envelopes := make([]Envelope, len(events))
 	for i := range events {
 		ev := events[i]
-		prep := preparedEvent{channel: ev.channelName(), id: ev.ID, unnamed: ev.Type == ""}
-		if targets[i] != nil && ev.Channel == "" {
-			prep.channel = targets[i].channels[0]
+		env := Envelope{Channel: ev.channelName(), ID: ev.ID, Unnamed: ev.Type == ""}
+		if targets != nil && targets[i] != nil && ev.Channel == "" {
+			env.Channel = targets[i].channels[0]
 		}
 		if ev.ID == "" {
 			// Encode with a placeholder of the assigned id's width, so
-			// that fanOut only has to write the digits in place.
+			// that the fan-out only has to write the digits in place.
 			ev.ID = seqPlaceholder
 		}
-		prep.frame = ev.encode(make([]byte, 0, ev.encodedSize()))
-		var clients int
-		b.orderMu.Lock()
-		if targets[i] != nil {
-			clients = b.sendTo(targets[i], &prep)
-		} else {
-			clients = b.fanOut(&prep)
+		env.Frame = ev.encode(make([]byte, 0, ev.encodedSize()))
+		envelopes[i] = env
+	}
+
+	// Events for every client of a channel go through the transport;
+	// those for one client, to it, in order with them: each run of the
+	// first kind is handed over whole.
+	receipts := make([]Receipt, len(events))
+	for from := 0; from < len(events); {
+		if targets != nil && targets[from] != nil {
+			b.orderMu.Lock()
+			receipts[from] = b.sendTo(targets[from], envelopes[from])
+			b.orderMu.Unlock()
+			from++
+			continue
 		}
-		b.orderMu.Unlock()
-		results[i] = Result{Channel: prep.channel, ID: prep.id, Clients: clients}
+		to := from + 1
+		for to < len(events) && (targets == nil || targets[to] == nil) {
+			to++
+		}
+		if err := transport.Publish(ctx, envelopes[from:to], receipts[from:to]); err != nil {
+			if from > 0 || len(events) > 1 {
+				return nil, fmt.Errorf("event %d: %w", from, err)
+			}
+			return nil, err
+		}
+		from = to
+	}
+	results := make([]Result, len(events))
+	for i, env := range envelopes {
+		results[i] = Result{Channel: env.Channel, ID: receipts[i].ID, Clients: receipts[i].Clients}
 	}
 	return results, nil
+}
+
+// Deliver numbers an event that a transport carried, keeps it for replay
+// and queues it for this node's clients of its channel, in the order the
+// transport delivers (see Sink).
+func (b *broadcaster) Deliver(seq uint64, env Envelope) Receipt {
+	ev := preparedEvent{channel: env.Channel, id: env.ID, frame: env.Frame, unnamed: env.Unnamed}
+	b.orderMu.Lock()
+	clients := b.fanOut(&ev, seq)
+	b.orderMu.Unlock()
+	return Receipt{ID: ev.id, Clients: clients}
 }
 
 var seqPlaceholder = string(appendSeq(nil, 0))
 
 // fanOut numbers the event, keeps it in its channel's window and queues it
-// for every subscriber of the channel on this node. It returns how many
-// subscribers it was queued for, and never waits on a client. The caller
-// holds orderMu.
-func (b *broadcaster) fanOut(ev *preparedEvent) int {
+// for every subscriber of the channel on this node; seq is its number, or
+// 0 for the node's own next one. It returns how many subscribers it was
+// queued for, and never waits on a client. The caller holds orderMu.
+func (b *broadcaster) fanOut(ev *preparedEvent, seq uint64) int {
 	b.published.Add(1)
 	limits := b.limits.Load()
 	// The bound on channels was checked before the batch: an event is
 	// never dropped half way through one.
 	ch, _ := b.lockChannel(ev.channel, limits.events > 0, 0)
 	now := time.Now()
-	seq := b.nextSeq(now)
+	if seq == 0 {
+		seq = b.nextSeq(now)
+	} else {
+		b.lastSeq.Store(max(b.lastSeq.Load(), seq))
+	}
 	if ev.id == "" {
 		appendSeq(ev.frame[idDigitsAt:idDigitsAt], seq)
 		ev.id = string(ev.frame[idDigitsAt : idDigitsAt+seqDigits])
@@ -504,31 +546,33 @@ func (b *broadcaster) client(id, channel string) (*subscriber, error) {
 }
 
 // sendTo numbers the event and queues it for one subscriber, in order with
-// its channels' events; it is not kept for replay. It returns 1 if the
-// event was queued, 0 if the client had left meanwhile. The caller holds
-// orderMu.
-func (b *broadcaster) sendTo(s *subscriber, ev *preparedEvent) int {
+// its channels' events; it is not kept for replay. Its receipt counts one
+// client if the event was queued, none if the client had left meanwhile.
+// The caller holds orderMu.
+func (b *broadcaster) sendTo(s *subscriber, ev Envelope) Receipt {
 	b.published.Add(1)
 	seq := b.nextSeq(time.Now())
-	if ev.id == "" {
-		appendSeq(ev.frame[idDigitsAt:idDigitsAt], seq)
-		ev.id = string(ev.frame[idDigitsAt : idDigitsAt+seqDigits])
+	if ev.ID == "" {
+		appendSeq(ev.Frame[idDigitsAt:idDigitsAt], seq)
+		ev.ID = string(ev.Frame[idDigitsAt : idDigitsAt+seqDigits])
 	}
-	frame := ev.frame
-	if ev.unnamed && s.nameByChannel {
-		frame = withEventName(frame, appendField(nil, "event", ev.channel))
+	frame := ev.Frame
+	if ev.Unnamed && s.nameByChannel {
+		frame = withEventName(frame, appendField(nil, "event", ev.Channel))
 	}
+	receipt := Receipt{ID: ev.ID}
 	switch s.enqueue(frame) {
 	case toSchedule:
 		b.writers.scheduleOne(s)
 	case overflowed:
 		b.disconnects[dropSlow].Add(1)
-		return 0
+		return receipt
 	case alreadyGone:
-		return 0
+		return receipt
 	}
 	b.deliveries.Add(1)
-	return 1
+	receipt.Clients = 1
+	return receipt
 }
 
 // kick disconnects the client with the given id.

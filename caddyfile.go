@@ -1,6 +1,7 @@
 package ssebroadcast
 
 import (
+	"encoding/json"
 	"math"
 	"strconv"
 	"time"
@@ -303,6 +304,7 @@ func sizeValue(d *caddyfile.Dispenser, name string) (int64, error) {
 //	        max_channel_length <bytes>     # longest channel name; default 256
 //	        max_event_size     <size>      # an event's id, name and data together; default 1MiB
 //	        max_channels       <count>     # channels at once; default 100000
+//	        transport          <name> [{ ... }]  # what carries events between nodes; default memory
 //	    }
 //	}
 func parseAppCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
@@ -373,6 +375,13 @@ func parseAppCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, err
 			}
 			app.MaxChannels = n
+		case "transport":
+			raw, err := parseTransport(d)
+			if err != nil {
+				return nil, err
+			}
+			app.TransportRaw = raw
+			continue // the transport's block is its own
 		default:
 			return nil, d.Errf("unrecognized sse option %q", d.Val())
 		}
@@ -381,6 +390,32 @@ func parseAppCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 		}
 	}
 	return httpcaddyfile.App{Name: "sse", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// parseTransport reads "transport <name> [{ … }]": the module
+// sse.transports.<name>, which reads its own block, as reverse_proxy's
+// transports do.
+func parseTransport(d *caddyfile.Dispenser) (json.RawMessage, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	name := d.Val()
+	info, err := caddy.GetModule("sse.transports." + name)
+	if err != nil {
+		return nil, d.Errf("unknown transport %q: %v", name, err)
+	}
+	mod := info.New()
+	if unmarshaler, ok := mod.(caddyfile.Unmarshaler); ok {
+		if err := unmarshaler.UnmarshalCaddyfile(d.NewFromNextSegment()); err != nil {
+			return nil, err
+		}
+	} else if d.NextArg() || d.NextBlock(d.Nesting()) {
+		return nil, d.Errf("transport %s takes no options", name)
+	}
+	if _, ok := mod.(Transport); !ok {
+		return nil, d.Errf("module %s is not a transport", info.ID)
+	}
+	return caddyconfig.JSONModuleObject(mod, "module", name, nil), nil
 }
 
 // Interface guard

@@ -44,6 +44,7 @@ package ssebroadcast
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -123,6 +124,12 @@ type App struct {
 	// ends. Default: 100000.
 	MaxChannels int `json:"max_channels,omitempty"`
 
+	// TransportRaw is the transport that carries published events to
+	// every node's clients, a module of the sse.transports namespace,
+	// named by its "module" field. Default: memory, within this process.
+	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=sse.transports inline_key=module"`
+
+	transport   Transport
 	broadcaster *broadcaster
 	streams     *configStreams
 	logger      *zap.Logger
@@ -192,6 +199,18 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading broadcaster: %w", err)
 	}
 	a.broadcaster = val.(*broadcaster)
+	if a.TransportRaw != nil {
+		mod, err := ctx.LoadModule(a, "TransportRaw")
+		if err != nil {
+			return fmt.Errorf("loading transport: %w", err)
+		}
+		a.transport = mod.(Transport)
+	} else {
+		a.transport = new(MemoryTransport)
+	}
+	if err := a.transport.Open(a.broadcaster); err != nil {
+		return fmt.Errorf("opening transport: %w", err)
+	}
 	val, _, err = drainsPool.LoadOrNew(drainsKey, func() (caddy.Destructor, error) {
 		return newDrains(), nil
 	})
@@ -281,6 +300,11 @@ func (a *App) Cleanup() error {
 	if a.broadcaster == nil {
 		return nil
 	}
+	if a.transport != nil {
+		if err := a.transport.Close(); err != nil {
+			return fmt.Errorf("closing transport: %w", err)
+		}
+	}
 	if _, err := broadcasterPool.Delete(broadcasterKey); err != nil {
 		return fmt.Errorf("releasing broadcaster: %w", err)
 	}
@@ -304,7 +328,7 @@ func (a *App) BroadcastBatch(ctx context.Context, events []Event) ([]Result, err
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return a.broadcaster.publish(events)
+	return a.broadcaster.publish(ctx, a.transport, events)
 }
 
 // Stats returns a snapshot of the broadcaster's figures.

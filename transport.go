@@ -1,0 +1,120 @@
+package ssebroadcast
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func init() {
+	caddy.RegisterModule(MemoryTransport{})
+}
+
+// Transport carries published events from the publishers of every node to
+// the fan-out of every node, in one order: it stands between publishing
+// (validating and encoding, on the node where an event is published) and
+// the fan-out (numbering, keeping for replay, queueing for each client, on
+// every node). Transports are Caddy modules in the sse.transports
+// namespace; the sse app's transport option names one. MemoryTransport,
+// the default, carries events within the process.
+//
+// A transport that carries events between nodes delivers each event once
+// per process, in the same order on every node, whatever configs come and
+// go: it keeps what receives events (a connection, a consumer) in a
+// caddy.UsagePool, as the sse app keeps its broadcaster.
+type Transport interface {
+	// Open starts carrying events to sink, the fan-out of this node. The
+	// sse app calls it once per config, after provisioning the
+	// transport and before any Publish.
+	Open(sink Sink) error
+
+	// Publish carries events, in order, and returns once it has stored
+	// them (a memory transport: delivered them), with each one's receipt
+	// in receipts, which has a place for each. An error means that none
+	// of them, or none from the one that failed on, was carried; a
+	// *TransportError says to try again later.
+	Publish(ctx context.Context, events []Envelope, receipts []Receipt) error
+
+	// Close stops what Open started for this config.
+	Close() error
+}
+
+// Sink is a node's fan-out, as transports deliver to it.
+type Sink interface {
+	// Deliver numbers ev with seq, or with the next number of the node's
+	// own sequence when seq is 0, keeps it for replay, and queues it for
+	// this node's clients of its channel. It returns the event's id and
+	// how many clients it was queued for. Deliveries happen one at a
+	// time, in the transport's order.
+	Deliver(seq uint64, ev Envelope) Receipt
+}
+
+// Envelope is one published event as transports carry it: validated and
+// encoded, once, by the node where it was published.
+type Envelope struct {
+	// Channel is the event's channel.
+	Channel string
+	// ID is the publisher's own id, or empty when the event's sequence
+	// number names it: Frame then holds a placeholder for its digits.
+	ID string
+	// Unnamed is set when the publisher gave the event no name.
+	Unnamed bool
+	// Frame is the event's wire form, as every client receives it.
+	Frame []byte
+}
+
+// Receipt says what became of one event a transport carried.
+type Receipt struct {
+	// ID is the event's id, as clients receive it.
+	ID string
+	// Clients is the number of this node's clients it was queued for.
+	Clients int
+}
+
+// TransportError is a failure to carry events that may pass: the transport
+// cannot reach what carries them. Publishers get 503 with Retry-After.
+type TransportError struct {
+	Err error
+}
+
+func (e *TransportError) Error() string { return fmt.Sprintf("transport unavailable: %v", e.Err) }
+func (e *TransportError) Unwrap() error { return e.Err }
+
+// MemoryTransport carries events within this process, from the publisher
+// straight to the fan-out: one node, no copy, no wait. It is the default.
+type MemoryTransport struct {
+	sink Sink
+}
+
+// CaddyModule returns the Caddy module information.
+func (MemoryTransport) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "sse.transports.memory",
+		New: func() caddy.Module { return new(MemoryTransport) },
+	}
+}
+
+// Open keeps the sink to deliver to.
+func (t *MemoryTransport) Open(sink Sink) error {
+	t.sink = sink
+	return nil
+}
+
+// Publish delivers each event, in order, numbered with this node's own
+// sequence.
+func (t *MemoryTransport) Publish(_ context.Context, events []Envelope, receipts []Receipt) error {
+	for i, ev := range events {
+		receipts[i] = t.sink.Deliver(0, ev)
+	}
+	return nil
+}
+
+// Close does nothing: there is nothing to stop.
+func (t *MemoryTransport) Close() error { return nil }
+
+// Interface guards
+var (
+	_ Transport = (*MemoryTransport)(nil)
+	_ Sink      = (*broadcaster)(nil)
+)
