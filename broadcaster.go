@@ -362,7 +362,12 @@ func (b *broadcaster) publish(ctx context.Context, transport Transport, events [
 		targets[i] = target
 	}
 
-	envelopes := make([]Envelope, len(events))
+	// A single event, the common publish, costs no allocation here.
+	var one [1]Envelope
+	envelopes := one[:]
+	if len(events) > 1 {
+		envelopes = make([]Envelope, len(events))
+	}
 	for i := range events {
 		ev := events[i]
 		env := Envelope{Channel: ev.channelName(), ID: ev.ID, Unnamed: ev.Type == ""}
@@ -381,11 +386,11 @@ func (b *broadcaster) publish(ctx context.Context, transport Transport, events [
 	// Events for every client of a channel go through the transport;
 	// those for one client, to it, in order with them: each run of the
 	// first kind is handed over whole.
-	receipts := make([]Receipt, len(events))
+	results := make([]Result, len(events))
 	for from := 0; from < len(events); {
 		if targets != nil && targets[from] != nil {
 			b.orderMu.Lock()
-			receipts[from] = b.sendTo(targets[from], envelopes[from])
+			results[from] = b.sendTo(targets[from], envelopes[from])
 			b.orderMu.Unlock()
 			from++
 			continue
@@ -394,7 +399,7 @@ func (b *broadcaster) publish(ctx context.Context, transport Transport, events [
 		for to < len(events) && (targets == nil || targets[to] == nil) {
 			to++
 		}
-		if err := transport.Publish(ctx, envelopes[from:to], receipts[from:to]); err != nil {
+		if err := carry(ctx, transport, envelopes[from:to], results[from:to]); err != nil {
 			if from > 0 || len(events) > 1 {
 				return nil, fmt.Errorf("event %d: %w", from, err)
 			}
@@ -402,22 +407,33 @@ func (b *broadcaster) publish(ctx context.Context, transport Transport, events [
 		}
 		from = to
 	}
-	results := make([]Result, len(events))
-	for i, env := range envelopes {
-		results[i] = Result{Channel: env.Channel, ID: receipts[i].ID, Clients: receipts[i].Clients}
+	for i := range results {
+		results[i].Channel = envelopes[i].Channel
 	}
 	return results, nil
+}
+
+// carry hands events to transport. The memory transport is called as
+// itself, not through the interface, so that a single event's envelope
+// stays on the stack: publishing within one node costs what it did before
+// there were transports.
+func carry(ctx context.Context, transport Transport, events []Envelope, results []Result) error {
+	if memory, ok := transport.(*MemoryTransport); ok {
+		return memory.Publish(ctx, events, results)
+	}
+	// Another transport may keep them: its own copy, on the heap.
+	return transport.Publish(ctx, slices.Clone(events), results)
 }
 
 // Deliver numbers an event that a transport carried, keeps it for replay
 // and queues it for this node's clients of its channel, in the order the
 // transport delivers (see Sink).
-func (b *broadcaster) Deliver(seq uint64, env Envelope) Receipt {
+func (b *broadcaster) Deliver(seq uint64, env Envelope) Result {
 	ev := preparedEvent{channel: env.Channel, id: env.ID, frame: env.Frame, unnamed: env.Unnamed}
 	b.orderMu.Lock()
 	clients := b.fanOut(&ev, seq)
 	b.orderMu.Unlock()
-	return Receipt{ID: ev.id, Clients: clients}
+	return Result{ID: ev.id, Clients: clients}
 }
 
 var seqPlaceholder = string(appendSeq(nil, 0))
@@ -546,10 +562,10 @@ func (b *broadcaster) client(id, channel string) (*subscriber, error) {
 }
 
 // sendTo numbers the event and queues it for one subscriber, in order with
-// its channels' events; it is not kept for replay. Its receipt counts one
+// its channels' events; it is not kept for replay. Its result counts one
 // client if the event was queued, none if the client had left meanwhile.
 // The caller holds orderMu.
-func (b *broadcaster) sendTo(s *subscriber, ev Envelope) Receipt {
+func (b *broadcaster) sendTo(s *subscriber, ev Envelope) Result {
 	b.published.Add(1)
 	seq := b.nextSeq(time.Now())
 	if ev.ID == "" {
@@ -560,19 +576,19 @@ func (b *broadcaster) sendTo(s *subscriber, ev Envelope) Receipt {
 	if ev.Unnamed && s.nameByChannel {
 		frame = withEventName(frame, appendField(nil, "event", ev.Channel))
 	}
-	receipt := Receipt{ID: ev.ID}
+	result := Result{ID: ev.ID}
 	switch s.enqueue(frame) {
 	case toSchedule:
 		b.writers.scheduleOne(s)
 	case overflowed:
 		b.disconnects[dropSlow].Add(1)
-		return receipt
+		return result
 	case alreadyGone:
-		return receipt
+		return result
 	}
 	b.deliveries.Add(1)
-	receipt.Clients = 1
-	return receipt
+	result.Clients = 1
+	return result
 }
 
 // kick disconnects the client with the given id.

@@ -30,11 +30,13 @@ type Transport interface {
 	Open(sink Sink) error
 
 	// Publish carries events, in order, and returns once it has stored
-	// them (a memory transport: delivered them), with each one's receipt
-	// in receipts, which has a place for each. An error means that none
-	// of them, or none from the one that failed on, was carried; a
-	// *TransportError says to try again later.
-	Publish(ctx context.Context, events []Envelope, receipts []Receipt) error
+	// them (a memory transport: delivered them), with what became of each
+	// in results, which has a place for each: its ID and Clients, those
+	// of this node's clients it was queued for (the publisher fills in
+	// Channel). An error means that none of them, or none from the one
+	// that failed on, was carried; a *TransportError says to try again
+	// later.
+	Publish(ctx context.Context, events []Envelope, results []Result) error
 
 	// Close stops what Open started for this config.
 	Close() error
@@ -47,7 +49,7 @@ type Sink interface {
 	// this node's clients of its channel. It returns the event's id and
 	// how many clients it was queued for. Deliveries happen one at a
 	// time, in the transport's order.
-	Deliver(seq uint64, ev Envelope) Receipt
+	Deliver(seq uint64, ev Envelope) Result
 }
 
 // Envelope is one published event as transports carry it: validated and
@@ -62,14 +64,6 @@ type Envelope struct {
 	Unnamed bool
 	// Frame is the event's wire form, as every client receives it.
 	Frame []byte
-}
-
-// Receipt says what became of one event a transport carried.
-type Receipt struct {
-	// ID is the event's id, as clients receive it.
-	ID string
-	// Clients is the number of this node's clients it was queued for.
-	Clients int
 }
 
 // TransportError is a failure to carry events that may pass: the transport
@@ -103,9 +97,9 @@ func (t *MemoryTransport) Open(sink Sink) error {
 
 // Publish delivers each event, in order, numbered with this node's own
 // sequence.
-func (t *MemoryTransport) Publish(_ context.Context, events []Envelope, receipts []Receipt) error {
-	for i, ev := range events {
-		receipts[i] = t.sink.Deliver(0, ev)
+func (t *MemoryTransport) Publish(_ context.Context, events []Envelope, results []Result) error {
+	for i := range events {
+		results[i] = t.sink.Deliver(0, events[i])
 	}
 	return nil
 }

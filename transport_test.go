@@ -33,7 +33,7 @@ func (unreachableTransport) CaddyModule() caddy.ModuleInfo {
 
 func (unreachableTransport) Open(Sink) error { return nil }
 func (unreachableTransport) Close() error    { return nil }
-func (unreachableTransport) Publish(context.Context, []Envelope, []Receipt) error {
+func (unreachableTransport) Publish(context.Context, []Envelope, []Result) error {
 	return &TransportError{Err: errors.New("the far end is down")}
 }
 
