@@ -1,12 +1,16 @@
 // Package ssebroadcast is a Caddy module that broadcasts Server-Sent Events.
 //
-// It has four modules, one concept a file:
+// It has five modules, one concept a file:
 //
 //   - The sse app (module.go, App) is the server-wide broadcaster. Every
 //     publish path goes through it. Its state lives in a caddy.UsagePool, so
 //     a config reload finds the same channels and counters.
 //   - The http.handlers.sse_broadcast handler (handler.go, Handler) holds a
-//     client's text/event-stream open and writes it the events of one channel.
+//     client's text/event-stream open and writes it the events of its
+//     channels (chosen in streamchannels.go), in id order.
+//   - The sse.transports.memory transport (transport.go, MemoryTransport)
+//     carries published events to the fan-out within this process; other
+//     transports, in packages of their own, carry them between nodes.
 //   - The admin.api.sse admin module (admin.go, AdminAPI) serves
 //     POST /sse/broadcast and GET /sse/stats on Caddy's admin endpoint.
 //   - The http.handlers.sse_publish handler (publish.go, PublishHandler)
@@ -20,8 +24,12 @@
 // An event flows like this: a publisher (the admin API, the CLI through it,
 // or another Caddy module calling App.Broadcast) hands an Event to the app;
 // the broadcaster (broadcaster.go) validates it and encodes it to its wire
-// form once (event.go); under its channel's lock it numbers the event,
-// keeps it in the channel's replay window (replay.go), and appends those
+// form once (event.go), and hands it to the app's transport (transport.go),
+// which carries it to the fan-out of every node: the memory transport, the
+// default, to this process's broadcaster at once. In one order over all
+// channels (so that a stream of several channels sees ids increase), it
+// numbers the event, keeps it in the channel's replay window (replay.go),
+// and appends those
 // same bytes to the queue of every subscriber of the channel
 // (subscriber.go) without waiting on any client. Whoever writes a stream
 // takes everything queued for it and writes it with one flush: for an
@@ -29,9 +37,11 @@
 // headers are out (takeover.go), a small pool of shared writers with
 // non-blocking writes, and an epoll watcher that notices clients leave
 // (writer.go, hangup*.go), so that an idle client holds no goroutine; for
-// an HTTP/2 or HTTP/3 stream, its handler's goroutine. A stream that
-// resumes with Last-Event-ID takes the events it missed from the window
-// under the same lock, so it neither misses nor doubles one.
+// an HTTP/2 or HTTP/3 stream, its handler's goroutine, whose writes a
+// watchdog bounds (watchdog.go). A stream that resumes with Last-Event-ID
+// takes the events it missed from its channels' windows in the same order,
+// so it neither misses nor doubles one, and is told with a reset where
+// they cannot be all (resume.go).
 //
 // A stream ends when its client leaves, when the server cuts it (too slow,
 // or kicked), or when its config stops: at once when Caddy stops, and on a
