@@ -46,10 +46,8 @@ type broadcaster struct {
 	bootSeq uint64
 	// durable counts the transports that number events from a durable
 	// history; while it is above 0 the node numbers nothing of its own.
-	// floorPending is set until the first event they deliver, the oldest
-	// their history keeps, sets forgottenFloor. Guarded by orderMu.
-	durable      int
-	floorPending bool
+	// Guarded by orderMu.
+	durable int
 
 	// clientsMu guards clients, every connected subscriber by its id.
 	clientsMu sync.RWMutex
@@ -448,8 +446,10 @@ func (b *broadcaster) Deliver(seq uint64, env Envelope) Result {
 			}
 			return Result{ID: ev.id}
 		}
-		if b.floorPending {
-			b.floorPending = false
+		if seq > b.lastSeq.Load()+1 {
+			// The history let the numbers between go before this node
+			// had them: the oldest it kept, when the node starts, or
+			// what its limits took while the node was away.
 			b.setFloor(seq - 1)
 		}
 	}
@@ -501,12 +501,11 @@ func (b *broadcaster) numberByTransport() {
 	b.mu.Unlock()
 	b.lastSeq.Store(0)
 	b.bootSeq = 0
-	b.floorPending = true
 }
 
 // setFloor records that every event numbered up to floor is let go, on
-// every channel: the durable history no longer holds them. The caller
-// holds orderMu.
+// every channel: the durable history no longer holds them, and which
+// channels they were of is not known. The caller holds orderMu.
 func (b *broadcaster) setFloor(floor uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

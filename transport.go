@@ -58,8 +58,12 @@ type Sink interface {
 	// transport delivers from its oldest kept event on:
 	//   - A resume from an id older than this process is served from the
 	//     windows that history rebuilt, not reset as from before a
-	//     restart. One older than the first event delivered is reset as
-	//     expired: the history had let its successors go.
+	//     restart.
+	//   - A number that skips some says that the history let those go
+	//     before this node had them (the oldest kept, at start; or what
+	//     its limits took while the node was away): a resume from an id
+	//     before them is reset as expired, on every channel, since which
+	//     channels they were of is not known.
 	//   - A number at or below the last one delivered is one this node
 	//     has had (two consumers of one history, for a moment of a
 	//     reload): it is not delivered again.

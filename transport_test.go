@@ -72,6 +72,10 @@ func (t *durableTransport) Publish(_ context.Context, events []Envelope, results
 	defer t.mu.Unlock()
 	for i := range events {
 		t.seq++
+		if events[i].Channel == "gaps" {
+			// As if the history had let the 10 events before go.
+			t.seq += 10
+		}
 		// A copy as stored, before the first delivery writes its id in.
 		again := events[i]
 		again.Frame = slices.Clone(events[i].Frame)
@@ -115,6 +119,15 @@ func TestADurableTransportsNumbersAreTheIdsAndEachEventIsDeliveredOnce(t *testin
 	next := resumed.next()
 	assert.Equal(t, "2", next.Data, "no reset first; the stream had read %q", resumed.raw.String())
 	assert.Equal(t, []string{"3", "4"}, resumed.readData(2))
+
+	// Numbers that the history skips were let go before this node had
+	// them, of channels unknown: a resume from before them is told so.
+	assert.Equal(t, "0000000000000015", ts.mustBroadcast(`{"channel":"gaps","data":"after a hole"}`).ID)
+	ts.mustBroadcast(`{"channel":"news","data":"5"}`)
+	behind := openStreamWithHeader(t, ts.url("/"), http.Header{"Last-Event-Id": {ids[2]}})
+	greetingOf(t, behind)
+	assert.Equal(t, resetNotice{Reason: "expired", Channels: []string{"news"}}, behind.nextReset())
+	assert.Equal(t, []string{"4", "5"}, behind.readData(2), "and sent what is kept")
 }
 
 func TestTheMemoryTransportCarriesEveryEventInOrderNamedOrByDefault(t *testing.T) {
