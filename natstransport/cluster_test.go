@@ -195,6 +195,29 @@ func TestWhileNATSIsDownPublishesGet503AndStreamsStayOpenAndOnceItIsBackEveryAcc
 	}
 }
 
+func TestCaddyStartsWhileNATSIsDownAndPublishesOnceItIsUp(t *testing.T) {
+	nats := unstartedNATS(t)
+	a := startCaddyNode(t, nats)
+	s := openStream(t, a.url("/"), nil)
+	resp := a.broadcast(`{"channel":"news","data":"too early"}`)
+	assert.Equal(t, http.StatusServiceUnavailable, resp.status, "%s", resp.body)
+	assert.Equal(t, "1", resp.header.Get("Retry-After"))
+
+	nats.start()
+	deadline := time.Now().Add(awaitTimeout)
+	for {
+		resp := a.broadcast(`{"channel":"news","data":"once it is up"}`)
+		if resp.status == http.StatusOK {
+			break
+		}
+		require.Equal(t, http.StatusServiceUnavailable, resp.status, "%s", resp.body)
+		require.True(t, time.Now().Before(deadline), "publishing did not work once NATS was up")
+		time.Sleep(100 * time.Millisecond) // a publisher's backoff, not synchronisation
+	}
+	assert.Equal(t, "once it is up", s.next().Data)
+	assert.NotContains(t, s.raw.String(), "too early")
+}
+
 func TestARestartedNodeServesResumesFromTheStream(t *testing.T) {
 	nats := startNATS(t)
 	a, b := startCaddyNode(t, nats), startCaddyNode(t, nats)

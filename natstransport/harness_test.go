@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -75,6 +76,19 @@ func startNATS(t *testing.T) *natsServer {
 	n := &natsServer{t: t, dir: t.TempDir(), port: -1}
 	n.start()
 	n.port = n.srv.Addr().(*net.TCPAddr).Port
+	t.Cleanup(n.shutdown)
+	return n
+}
+
+// unstartedNATS is a NATS server that is not running yet, on a port that
+// was free a moment ago.
+func unstartedNATS(t *testing.T) *natsServer {
+	t.Helper()
+	_, port, err := net.SplitHostPort(freeAddrs(t, 1)[0])
+	require.NoError(t, err)
+	n := &natsServer{t: t, dir: t.TempDir()}
+	n.port, err = strconv.Atoi(port)
+	require.NoError(t, err)
 	t.Cleanup(n.shutdown)
 	return n
 }
