@@ -40,8 +40,14 @@ type broadcaster struct {
 	forgotten      map[string]uint64
 	forgottenFloor uint64
 	// bootSeq is below every sequence number this process assigns: an id
-	// under it is from before a restart.
+	// under it is from before a restart. It is 0 while a durable
+	// transport numbers events (Sink.Durable): their history outlives the
+	// process. Guarded by orderMu once the broadcaster is shared.
 	bootSeq uint64
+	// durable counts the transports that number events from a durable
+	// history; while it is above 0 the node numbers nothing of its own.
+	// Guarded by orderMu.
+	durable int
 
 	// clientsMu guards clients, every connected subscriber by its id.
 	clientsMu sync.RWMutex
@@ -431,16 +437,102 @@ func carry(ctx context.Context, transport Transport, events []Envelope, results 
 func (b *broadcaster) Deliver(seq uint64, env Envelope) Result {
 	ev := preparedEvent{channel: env.Channel, id: env.ID, frame: env.Frame, unnamed: env.Unnamed}
 	b.orderMu.Lock()
+	if b.durable > 0 && seq > 0 {
+		if seq <= b.lastSeq.Load() {
+			// Had already, from another consumer of the same history.
+			b.orderMu.Unlock()
+			if ev.id == "" {
+				ev.id = string(appendSeq(nil, seq))
+			}
+			return Result{ID: ev.id}
+		}
+		if seq > b.lastSeq.Load()+1 {
+			// The history let the numbers between go before this node
+			// had them: the oldest it kept, when the node starts, or
+			// what its limits took while the node was away.
+			b.setFloor(seq - 1)
+		}
+	}
 	clients := b.fanOut(&ev, seq)
 	b.orderMu.Unlock()
 	return Result{ID: ev.id, Clients: clients}
+}
+
+// Durable implements Sink: while a transport numbers events from a history
+// that outlives the process, ids are its numbers alone.
+func (b *broadcaster) Durable() (release func()) {
+	b.orderMu.Lock()
+	defer b.orderMu.Unlock()
+	if b.durable++; b.durable == 1 {
+		b.numberByTransport()
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			b.orderMu.Lock()
+			defer b.orderMu.Unlock()
+			if b.durable--; b.durable == 0 {
+				// Ids from the transport's history are below what the
+				// node hands out next, and their windows may not hold
+				// what follows them: as after a restart.
+				b.bootSeq = nextSeq(b.lastSeq.Load(), time.Now())
+			}
+		})
+	}
+}
+
+// numberByTransport starts numbering by a durable transport: the windows
+// so far hold numbers of the node's own, which the transport's cannot be
+// ordered with, and go; so does what removed channels let go. An id of the
+// node's own is then above every number delivered, unknown: a resume from
+// it is reset. The caller holds orderMu.
+func (b *broadcaster) numberByTransport() {
+	b.mu.Lock()
+	for _, ch := range b.channels {
+		ch.mu.Lock()
+		for ch.window.len() > 0 {
+			b.windowBytes.Add(-int64(ch.window.dropOldest()))
+		}
+		ch.window.lost = 0
+		ch.mu.Unlock()
+	}
+	clear(b.forgotten)
+	b.forgottenFloor = 0
+	b.mu.Unlock()
+	b.lastSeq.Store(0)
+	b.bootSeq = 0
+}
+
+// setFloor records that every event numbered up to floor is let go, on
+// every channel: the durable history no longer holds them, and which
+// channels they were of is not known. The caller holds orderMu.
+func (b *broadcaster) setFloor(floor uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.forgottenFloor = max(b.forgottenFloor, floor)
+	for _, ch := range b.channels {
+		ch.mu.Lock()
+		ch.window.lost = max(ch.window.lost, floor)
+		ch.mu.Unlock()
+	}
+}
+
+// ownSeq numbers an event that the node numbers itself: the next number of
+// its own sequence or, while a durable transport numbers events, the number
+// of the last event delivered, where a resume from the event's id goes on.
+// The caller holds orderMu.
+func (b *broadcaster) ownSeq(now time.Time) uint64 {
+	if b.durable > 0 {
+		return b.lastSeq.Load()
+	}
+	return b.nextSeq(now)
 }
 
 var seqPlaceholder = string(appendSeq(nil, 0))
 
 // fanOut numbers the event, keeps it in its channel's window and queues it
 // for every subscriber of the channel on this node; seq is its number, or
-// 0 for the node's own next one. It returns how many subscribers it was
+// 0 for one the node gives it (ownSeq). It returns how many subscribers it was
 // queued for, and never waits on a client. The caller holds orderMu.
 func (b *broadcaster) fanOut(ev *preparedEvent, seq uint64) int {
 	b.published.Add(1)
@@ -450,7 +542,7 @@ func (b *broadcaster) fanOut(ev *preparedEvent, seq uint64) int {
 	ch, _ := b.lockChannel(ev.channel, limits.events > 0, 0)
 	now := time.Now()
 	if seq == 0 {
-		seq = b.nextSeq(now)
+		seq = b.ownSeq(now)
 	} else {
 		b.lastSeq.Store(max(b.lastSeq.Load(), seq))
 	}
@@ -567,7 +659,7 @@ func (b *broadcaster) client(id, channel string) (*subscriber, error) {
 // The caller holds orderMu.
 func (b *broadcaster) sendTo(s *subscriber, ev Envelope) Result {
 	b.published.Add(1)
-	seq := b.nextSeq(time.Now())
+	seq := b.ownSeq(time.Now())
 	if ev.ID == "" {
 		appendSeq(ev.Frame[idDigitsAt:idDigitsAt], seq)
 		ev.ID = string(ev.Frame[idDigitsAt : idDigitsAt+seqDigits])

@@ -17,6 +17,12 @@
 //     answers a site route's POST as POST /sse/broadcast does, within the
 //     channels its allow patterns match (channelpattern.go).
 //
+// Between publishing and the fan-out stands a transport, a module of the
+// sse.transports namespace (transport.go): memory, the default, within the
+// process; sse.transports.nats, in the package natstransport so that the
+// core never imports nats.go, between Caddy nodes through a NATS JetStream
+// stream, which numbers the events (Sink.Durable).
+//
 // The `caddy sse-broadcast` command (command.go) publishes through the admin
 // API from a shell, and caddyfile.go adapts the sse_broadcast directive and
 // the sse global option.

@@ -31,7 +31,8 @@ const (
 	// resetUnknownID: the id is not one this broadcaster can place.
 	resetUnknownID = "unknown_id"
 	// resetRestart: the id is from before the server's last start, and
-	// replay windows live in memory.
+	// replay windows live in memory. Not while a durable transport
+	// numbers events (Sink.Durable): its history outlives the process.
 	resetRestart = "restart"
 	// resetExpired: a channel let events after the id go, by count,
 	// bytes, age or the total, or kept none with replay off.

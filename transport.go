@@ -50,6 +50,32 @@ type Sink interface {
 	// how many clients it was queued for. Deliveries happen one at a
 	// time, in the transport's order.
 	Deliver(seq uint64, ev Envelope) Result
+
+	// Durable hands the numbering of events to the transport until
+	// release is called. Every event the transport delivers then comes
+	// with its number (seq > 0) from a history that outlives this
+	// process, such as a stream stored on other machines, which the
+	// transport delivers from its oldest kept event on:
+	//   - A resume from an id older than this process is served from the
+	//     windows that history rebuilt, not reset as from before a
+	//     restart.
+	//   - A number that skips some says that the history let those go
+	//     before this node had them (the oldest kept, at start; or what
+	//     its limits took while the node was away): a resume from an id
+	//     before them is reset as expired, on every channel, since which
+	//     channels they were of is not known.
+	//   - A number at or below the last one delivered is one this node
+	//     has had (two consumers of one history, for a moment of a
+	//     reload): it is not delivered again.
+	//   - The node numbers nothing of its own: an event it numbers (seq
+	//     0, or an event for one client) takes the number of the last
+	//     event delivered, which is where a resume from its id goes on.
+	// The windows kept so far, numbered by the node, cannot be ordered
+	// among the transport's numbers: they are let go. After release, the
+	// node numbers events again, above every number before, and an id
+	// from before is reset as from before a restart. Transports call it
+	// once per process, before they deliver; calls nest.
+	Durable() (release func())
 }
 
 // Envelope is one published event as transports carry it: validated and

@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
+	"sync"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -18,6 +20,7 @@ import (
 
 func init() {
 	caddy.RegisterModule(unreachableTransport{})
+	caddy.RegisterModule(new(durableTransport))
 }
 
 // unreachableTransport is a transport whose far end is down: it carries
@@ -35,6 +38,96 @@ func (unreachableTransport) Open(Sink) error { return nil }
 func (unreachableTransport) Close() error    { return nil }
 func (unreachableTransport) Publish(context.Context, []Envelope, []Result) error {
 	return &TransportError{Err: errors.New("the far end is down")}
+}
+
+// durableTransport numbers events as a durable history would, from 1, and
+// delivers each one twice, as two consumers of that history would for a
+// moment of a reload.
+type durableTransport struct {
+	sink    Sink
+	release func()
+	mu      sync.Mutex
+	seq     uint64
+}
+
+func (*durableTransport) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "sse.transports.test_durable",
+		New: func() caddy.Module { return new(durableTransport) },
+	}
+}
+
+func (t *durableTransport) Open(sink Sink) error {
+	t.sink, t.release = sink, sink.Durable()
+	return nil
+}
+
+func (t *durableTransport) Close() error {
+	t.release()
+	return nil
+}
+
+func (t *durableTransport) Publish(_ context.Context, events []Envelope, results []Result) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := range events {
+		t.seq++
+		if events[i].Channel == "gaps" {
+			// As if the history had let the 10 events before go.
+			t.seq += 10
+		}
+		// A copy as stored, before the first delivery writes its id in.
+		again := events[i]
+		again.Frame = slices.Clone(events[i].Frame)
+		results[i] = t.sink.Deliver(t.seq, events[i])
+		t.sink.Deliver(t.seq, again)
+	}
+	return nil
+}
+
+func TestADurableTransportsNumbersAreTheIdsAndEachEventIsDeliveredOnce(t *testing.T) {
+	ts := startCaddy(t, `{
+	{GLOBAL}
+	sse {
+		transport test_durable
+	}
+}
+:{HTTP} {
+	sse_broadcast {
+		channel news
+		greeting
+	}
+}`)
+	live := openStream(t, nil, ts.url("/"))
+	id := greetingOf(t, live)
+	var ids []string
+	for _, data := range []string{"1", "2", "3"} {
+		ids = append(ids, ts.mustBroadcast(`{"channel":"news","data":"`+data+`"}`).ID)
+	}
+	assert.Equal(t, []string{"0000000000000001", "0000000000000002", "0000000000000003"}, ids,
+		"the transport's numbers are the ids")
+	// An event for one client takes the number of the last event, where a
+	// resume from its id goes on.
+	assert.Equal(t, "0000000000000003", ts.mustBroadcast(`{"client":"`+id+`","data":"just you"}`).ID)
+	ts.mustBroadcast(`{"channel":"news","data":"4"}`)
+	assert.Equal(t, []string{"1", "2", "3", "just you", "4"}, live.readData(5), "each event once, in order")
+
+	// Ids far below this process's start are not from before a restart:
+	// the history that numbered them outlives the process.
+	resumed := openStreamWithHeader(t, ts.url("/"), http.Header{"Last-Event-Id": {ids[0]}})
+	greetingOf(t, resumed)
+	next := resumed.next()
+	assert.Equal(t, "2", next.Data, "no reset first; the stream had read %q", resumed.raw.String())
+	assert.Equal(t, []string{"3", "4"}, resumed.readData(2))
+
+	// Numbers that the history skips were let go before this node had
+	// them, of channels unknown: a resume from before them is told so.
+	assert.Equal(t, "0000000000000015", ts.mustBroadcast(`{"channel":"gaps","data":"after a hole"}`).ID)
+	ts.mustBroadcast(`{"channel":"news","data":"5"}`)
+	behind := openStreamWithHeader(t, ts.url("/"), http.Header{"Last-Event-Id": {ids[2]}})
+	greetingOf(t, behind)
+	assert.Equal(t, resetNotice{Reason: "expired", Channels: []string{"news"}}, behind.nextReset())
+	assert.Equal(t, []string{"4", "5"}, behind.readData(2), "and sent what is kept")
 }
 
 func TestTheMemoryTransportCarriesEveryEventInOrderNamedOrByDefault(t *testing.T) {

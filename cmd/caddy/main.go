@@ -6,6 +6,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	_ "github.com/caddy-sse/ssebroadcast"
+	_ "github.com/caddy-sse/ssebroadcast/natstransport"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
