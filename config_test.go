@@ -6,6 +6,7 @@ package ssebroadcast
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
 	"testing"
 
@@ -20,11 +21,16 @@ import (
 // config that loads is stopped when the test ends.
 func loadJSON(t *testing.T, handler, app map[string]any) (*testServer, error) {
 	t.Helper()
-	ts := newTestServer(t)
 	handle := map[string]any{"handler": "sse_broadcast", "keepalive": -1}
-	for k, v := range handler {
-		handle[k] = v
-	}
+	maps.Copy(handle, handler)
+	return loadHandlerJSON(t, handle, app)
+}
+
+// loadHandlerJSON loads, as loadJSON does, a JSON config whose one route
+// handles every request with handle.
+func loadHandlerJSON(t *testing.T, handle, app map[string]any) (*testServer, error) {
+	t.Helper()
+	ts := newTestServer(t)
 	if app == nil {
 		app = map[string]any{}
 	}

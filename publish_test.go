@@ -6,12 +6,12 @@ package ssebroadcast
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
@@ -440,27 +440,9 @@ func TestPublishRouteWithDataBodyRefusesAChannelItsAllowPatternsDoNotMatch(t *te
 // load's error.
 func loadPublishJSON(t *testing.T, handler map[string]any) error {
 	t.Helper()
-	ts := newTestServer(t)
 	handle := map[string]any{"handler": "sse_publish"}
-	for k, v := range handler {
-		handle[k] = v
-	}
-	cfg, err := json.Marshal(map[string]any{
-		"admin": map[string]any{"listen": ts.admin, "config": map[string]any{"persist": false}},
-		"apps": map[string]any{
-			"sse": map[string]any{},
-			"http": map[string]any{"servers": map[string]any{"srv0": map[string]any{
-				"listen": []string{ts.http},
-				"routes": []any{map[string]any{"handle": []any{handle}}},
-			}}},
-		},
-	})
-	require.NoError(t, err)
-	err = caddy.Load(cfg, true)
-	t.Cleanup(func() {
-		require.NoError(t, caddy.Stop())
-		checkNoLeaks(t)
-	})
+	maps.Copy(handle, handler)
+	_, err := loadHandlerJSON(t, handle, nil)
 	return err
 }
 
