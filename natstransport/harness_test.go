@@ -160,6 +160,7 @@ const nodeCaddyfile = `{
 		transport nats {
 			url {NATS}
 			publish_timeout {PUBLISH_TIMEOUT}
+			{OPTIONS}
 		}
 	}
 }
@@ -171,9 +172,17 @@ const nodeCaddyfile = `{
 }
 `
 
-// startNode runs `caddy run` on nodeCaddyfile, connected to nats, and
+// startCaddyNode runs `caddy run` on nodeCaddyfile, connected to nats, and
 // waits until it serves.
 func startCaddyNode(t *testing.T, nats *natsServer) *caddyNode {
+	t.Helper()
+	return startCaddyNodeWith(t, []string{nats.url()}, "")
+}
+
+// startCaddyNodeWith runs `caddy run` on nodeCaddyfile, connected to the
+// NATS servers at urls, with more of the transport's options (Caddyfile
+// lines), and waits until it serves.
+func startCaddyNodeWith(t *testing.T, urls []string, options string) *caddyNode {
 	t.Helper()
 	bin, err := caddyBinary()
 	require.NoError(t, err)
@@ -188,8 +197,8 @@ func startCaddyNode(t *testing.T, nats *natsServer) *caddyNode {
 		exited:    make(chan struct{}),
 	}
 	_, httpPort, _ := net.SplitHostPort(c.http)
-	config := strings.NewReplacer("{ADMIN}", c.admin, "{HTTP}", httpPort, "{NATS}", nats.url(),
-		"{PUBLISH_TIMEOUT}", publishTimeout.String()).Replace(nodeCaddyfile)
+	config := strings.NewReplacer("{ADMIN}", c.admin, "{HTTP}", httpPort, "{NATS}", strings.Join(urls, " "),
+		"{PUBLISH_TIMEOUT}", publishTimeout.String(), "{OPTIONS}", options).Replace(nodeCaddyfile)
 	require.NoError(t, os.WriteFile(c.caddyfile, []byte(config), 0o600))
 
 	c.cmd = exec.Command(bin, "run", "--config", c.caddyfile, "--adapter", "caddyfile")
