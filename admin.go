@@ -69,7 +69,11 @@ func (a *AdminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Allow", http.MethodGet)
 		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use GET", r.Method))
 	}
-	return writeJSON(w, a.app.Stats())
+	st := a.app.Stats()
+	// In a cluster, what the other nodes answer within the transport's
+	// timeout.
+	st.Cluster = a.app.clusterStats(r.Context(), &st)
+	return writeJSON(w, st)
 }
 
 // handleClients lists the connected clients: GET /sse/clients, optionally
@@ -79,10 +83,12 @@ func (a *AdminAPI) handleClients(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Allow", http.MethodGet)
 		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: use GET", r.Method))
 	}
-	channel := r.URL.Query().Get("channel")
+	list, unanswered := a.app.clusterClients(r.Context(), r.URL.Query().Get("channel"))
 	return writeJSON(w, struct {
 		Clients []ClientInfo `json:"clients"`
-	}{a.app.broadcaster.clientList(channel)})
+		// In a cluster, the nodes that did not answer in time.
+		Unanswered []string `json:"unanswered,omitempty"`
+	}{list, unanswered})
 }
 
 // handleClient serves one client: GET /sse/clients/{id} describes it,
@@ -96,27 +102,33 @@ func (a *AdminAPI) handleClient(w http.ResponseWriter, r *http.Request) error {
 	if !validClientID(id) {
 		return apiError(http.StatusNotFound, fmt.Errorf("%w %q: client ids are 26 characters of A-Z and 2-7", errUnknownClient, id))
 	}
-	b := a.app.broadcaster
 	if r.Method == http.MethodGet {
-		s, err := b.client(id, "")
+		info, err := a.app.clusterClient(r.Context(), id)
 		if err != nil {
-			return apiError(http.StatusNotFound, err)
+			return clientError(w, err)
 		}
-		for _, info := range b.clientList(s.channels[0]) {
-			if info.ID == id {
-				return writeJSON(w, info)
-			}
-		}
-		return apiError(http.StatusNotFound, fmt.Errorf("%w %q: the client has just left", errUnknownClient, id))
+		return writeJSON(w, info)
 	}
-	s, err := b.kick(id)
+	info, err := a.app.clusterKick(r.Context(), id)
 	if err != nil {
-		return apiError(http.StatusNotFound, err)
+		return clientError(w, err)
 	}
 	return writeJSON(w, struct {
 		Disconnected string   `json:"disconnected"`
 		Channels     []string `json:"channels"`
-	}{s.id, s.channels})
+		Node         string   `json:"node,omitempty"`
+	}{info.ID, info.Channels, info.Node})
+}
+
+// clientError answers a request about a client that could not be served:
+// 404 for a client no node holds, 503 and Retry-After when the other nodes
+// of a cluster could not be asked.
+func clientError(w http.ResponseWriter, err error) error {
+	status := publishErrorStatus(err)
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	return apiError(status, err)
 }
 
 // requireJSON accepts an application/json body only. Besides saying what the

@@ -349,21 +349,34 @@ func (b *broadcaster) publish(ctx context.Context, transport Transport, events [
 	if err := b.checkNewChannels(events, limits); err != nil {
 		return nil, err
 	}
-	// Every addressed client must be connected before any event goes.
+	// Every addressed client must be connected, here or on another node
+	// of a cluster, before any event goes.
+	cluster, _ := transport.(Cluster)
 	var targets []*subscriber
+	var remote []*remoteTarget
 	for i := range events {
 		if events[i].Client == "" {
 			continue
 		}
+		if targets == nil {
+			targets = make([]*subscriber, len(events))
+			remote = make([]*remoteTarget, len(events))
+		}
 		target, err := b.client(events[i].Client, events[i].Channel)
+		if err != nil && cluster != nil && !b.holds(events[i].Client) {
+			remote[i] = &remoteTarget{client: events[i].Client, channel: events[i].Channel}
+			// A single event needs no look-up first: its send finds
+			// the client, or nothing is sent.
+			if len(events) == 1 {
+				continue
+			}
+			err = locate(ctx, cluster, events[i].Client, events[i].Channel)
+		}
 		if err != nil {
 			if len(events) > 1 {
 				return nil, fmt.Errorf("event %d: %w", i, err)
 			}
 			return nil, err
-		}
-		if targets == nil {
-			targets = make([]*subscriber, len(events))
 		}
 		targets[i] = target
 	}
@@ -379,6 +392,10 @@ func (b *broadcaster) publish(ctx context.Context, transport Transport, events [
 		env := Envelope{Channel: ev.channelName(), ID: ev.ID, Unnamed: ev.Type == ""}
 		if targets != nil && targets[i] != nil && ev.Channel == "" {
 			env.Channel = targets[i].channels[0]
+		}
+		if remote != nil && remote[i] != nil && ev.Channel == "" {
+			// The node that holds the client knows its channels.
+			env.Channel = ""
 		}
 		if ev.ID == "" {
 			// Encode with a placeholder of the assigned id's width, so
@@ -401,8 +418,20 @@ func (b *broadcaster) publish(ctx context.Context, transport Transport, events [
 			from++
 			continue
 		}
+		if remote != nil && remote[from] != nil {
+			result, err := sendRemote(ctx, cluster, *remote[from], envelopes[from])
+			if err != nil {
+				if len(events) > 1 {
+					return nil, fmt.Errorf("event %d: %w", from, err)
+				}
+				return nil, err
+			}
+			results[from] = result
+			from++
+			continue
+		}
 		to := from + 1
-		for to < len(events) && (targets == nil || targets[to] == nil) {
+		for to < len(events) && (targets == nil || (targets[to] == nil && remote[to] == nil)) {
 			to++
 		}
 		if err := carry(ctx, transport, envelopes[from:to], results[from:to]); err != nil {
@@ -414,7 +443,9 @@ func (b *broadcaster) publish(ctx context.Context, transport Transport, events [
 		from = to
 	}
 	for i := range results {
-		results[i].Channel = envelopes[i].Channel
+		if results[i].Channel == "" {
+			results[i].Channel = envelopes[i].Channel
+		}
 	}
 	return results, nil
 }
@@ -653,18 +684,32 @@ func (b *broadcaster) client(id, channel string) (*subscriber, error) {
 	return s, nil
 }
 
+// holds reports whether the client with the given id is connected to
+// this node, on whichever channels.
+func (b *broadcaster) holds(id string) bool {
+	_, err := b.client(id, "")
+	return err == nil
+}
+
 // sendTo numbers the event and queues it for one subscriber, in order with
 // its channels' events; it is not kept for replay. Its result counts one
 // client if the event was queued, none if the client had left meanwhile.
 // The caller holds orderMu.
 func (b *broadcaster) sendTo(s *subscriber, ev Envelope) Result {
 	b.published.Add(1)
-	seq := b.ownSeq(time.Now())
-	if ev.ID == "" {
-		appendSeq(ev.Frame[idDigitsAt:idDigitsAt], seq)
-		ev.ID = string(ev.Frame[idDigitsAt : idDigitsAt+seqDigits])
-	}
 	frame := ev.Frame
+	switch {
+	case ev.ID != "":
+	case b.durable > 0:
+		// The transport's history numbers events, and this one is not in
+		// it: it goes without an id, so that ids stay strictly
+		// increasing on the client's stream and its Last-Event-ID stays
+		// at its channels' last event, where a resume goes on.
+		frame = frame[idDigitsAt+seqDigits+1:]
+	default:
+		appendSeq(frame[idDigitsAt:idDigitsAt], b.ownSeq(time.Now()))
+		ev.ID = string(frame[idDigitsAt : idDigitsAt+seqDigits])
+	}
 	if ev.Unnamed && s.nameByChannel {
 		frame = withEventName(frame, appendField(nil, "event", ev.Channel))
 	}
@@ -711,6 +756,9 @@ type ClientInfo struct {
 	Queued int `json:"queued"`
 	// Sent is the number of events written to it or on their way.
 	Sent int `json:"sent"`
+	// Node is the name of the node the client is connected to, in a
+	// cluster.
+	Node string `json:"node,omitempty"`
 }
 
 // clientList returns the connected clients, of one channel if channel is
@@ -733,13 +781,18 @@ func (b *broadcaster) clientList(channel string) []ClientInfo {
 		}
 		s.mu.Unlock()
 	}
+	sortClients(list)
+	return list
+}
+
+// sortClients orders a list of clients oldest first.
+func sortClients(list []ClientInfo) {
 	slices.SortFunc(list, func(a, b ClientInfo) int {
 		if c := a.ConnectedSince.Compare(b.ConnectedSince); c != 0 {
 			return c
 		}
 		return strings.Compare(a.ID, b.ID)
 	})
-	return list
 }
 
 // nextSeq hands out the next sequence number.
@@ -834,6 +887,10 @@ type Stats struct {
 	Rejected uint64 `json:"rejected"`
 	// Disconnects counts streams the server ended, by reason.
 	Disconnects DisconnectStats `json:"disconnects"`
+	// Node is this node's name, and Cluster the figures of every node, in
+	// a cluster (GET /sse/stats).
+	Node    string        `json:"node,omitempty"`
+	Cluster *ClusterStats `json:"cluster,omitempty"`
 }
 
 // ChannelStats holds one channel's figures.

@@ -347,9 +347,13 @@ func (a *App) BroadcastBatch(ctx context.Context, events []Event) ([]Result, err
 	return a.broadcaster.publish(ctx, a.transport, events)
 }
 
-// Stats returns a snapshot of the broadcaster's figures.
+// Stats returns a snapshot of this node's figures.
 func (a *App) Stats() Stats {
-	return a.broadcaster.stats()
+	st := a.broadcaster.stats()
+	if c := a.cluster(); c != nil {
+		st.Node = c.NodeName()
+	}
+	return st
 }
 
 // Errors that refuse a stream.

@@ -133,6 +133,28 @@ func TestAdminAPIMatchesOpenAPIDocument(t *testing.T) {
 	for _, ex := range exchanges {
 		t.Run(ex.name, func(t *testing.T) { checker.check(t, ex) })
 	}
+
+	// A node of a cluster whose other nodes cannot be asked: it answers
+	// with what it knows, and refuses with 503 what it cannot know.
+	ts.load(strings.Replace(openAPICaddyfile, "sse {", "sse {\n\t\ttransport test_unreachable", 1))
+	_, carol := greeted(t, ts, "news")
+	cluster := []apiExchange{
+		{name: "a cluster's stats", method: get, path: "/sse/stats", status: 200},
+		{name: "a cluster's clients", method: get, path: "/sse/clients", status: 200},
+		{name: "a client here", method: get, path: "/sse/clients/" + carol, status: 200},
+		{name: "a client elsewhere, or nowhere", method: get, path: "/sse/clients/" + stranger, status: 503},
+		{name: "disconnect a client elsewhere, or nowhere", method: del, path: "/sse/clients/" + stranger, status: 503},
+		{name: "disconnect a client here", method: del, path: "/sse/clients/" + carol, status: 200},
+		{name: "publish to a transport that is down", method: post, path: "/sse/broadcast", contentType: ct,
+			body: `{"channel":"news","data":"x"}`, status: 503},
+	}
+	for _, ex := range cluster {
+		t.Run(ex.name, func(t *testing.T) { checker.check(t, ex) })
+	}
+	st := ts.stats()
+	assert.Equal(t, "here", st.Node)
+	assert.Equal(t, &ClusterStats{Clients: 0, Nodes: []NodeStats{{Node: "here", Deliveries: st.Deliveries}},
+		Unanswered: []string{"there"}}, st.Cluster, "the cluster's figures, which the document was checked against")
 	assert.Empty(t, checker.unproduced(), "statuses the document lists but no request produced")
 }
 

@@ -67,29 +67,35 @@ type Sink interface {
 	//   - A number at or below the last one delivered is one this node
 	//     has had (two consumers of one history, for a moment of a
 	//     reload): it is not delivered again.
-	//   - The node numbers nothing of its own: an event it numbers (seq
-	//     0, or an event for one client) takes the number of the last
-	//     event delivered, which is where a resume from its id goes on.
+	//   - The node numbers nothing of its own: an event delivered with
+	//     seq 0 takes the number of the last event delivered, which is
+	//     where a resume from its id goes on, and an event for one
+	//     client, which is not in the history, goes without an id
+	//     unless its publisher gave it one.
 	// The windows kept so far, numbered by the node, cannot be ordered
 	// among the transport's numbers: they are let go. After release, the
 	// node numbers events again, above every number before, and an id
 	// from before is reset as from before a restart. Transports call it
 	// once per process, before they deliver; calls nest.
 	Durable() (release func())
+
+	// Answer answers a question another node put to this one through a
+	// Cluster, with the answer to carry back.
+	Answer(question []byte) (answer []byte)
 }
 
 // Envelope is one published event as transports carry it: validated and
 // encoded, once, by the node where it was published.
 type Envelope struct {
 	// Channel is the event's channel.
-	Channel string
+	Channel string `json:"channel"`
 	// ID is the publisher's own id, or empty when the event's sequence
 	// number names it: Frame then holds a placeholder for its digits.
-	ID string
+	ID string `json:"id,omitempty"`
 	// Unnamed is set when the publisher gave the event no name.
-	Unnamed bool
+	Unnamed bool `json:"unnamed,omitempty"`
 	// Frame is the event's wire form, as every client receives it.
-	Frame []byte
+	Frame []byte `json:"frame"`
 }
 
 // TransportError is a failure to carry events that may pass: the transport

@@ -24,7 +24,8 @@ func init() {
 }
 
 // unreachableTransport is a transport whose far end is down: it carries
-// nothing, and says so.
+// nothing, and says so. It is a cluster of this node, "here", and one other
+// node, "there", that it cannot reach either.
 type unreachableTransport struct{}
 
 func (unreachableTransport) CaddyModule() caddy.ModuleInfo {
@@ -38,6 +39,10 @@ func (unreachableTransport) Open(Sink) error { return nil }
 func (unreachableTransport) Close() error    { return nil }
 func (unreachableTransport) Publish(context.Context, []Envelope, []Result) error {
 	return &TransportError{Err: errors.New("the far end is down")}
+}
+func (unreachableTransport) NodeName() string { return "here" }
+func (unreachableTransport) AskAll(context.Context, []byte, func(string, []byte) bool) ([]string, error) {
+	return []string{"there"}, &TransportError{Err: errors.New("the far end is down")}
 }
 
 // durableTransport numbers events as a durable history would, from 1, and
@@ -106,11 +111,13 @@ func TestADurableTransportsNumbersAreTheIdsAndEachEventIsDeliveredOnce(t *testin
 	}
 	assert.Equal(t, []string{"0000000000000001", "0000000000000002", "0000000000000003"}, ids,
 		"the transport's numbers are the ids")
-	// An event for one client takes the number of the last event, where a
-	// resume from its id goes on.
-	assert.Equal(t, "0000000000000003", ts.mustBroadcast(`{"client":"`+id+`","data":"just you"}`).ID)
+	// An event for one client, not in the history, goes without an id:
+	// the client's last id stays that of the last event, where a resume
+	// goes on, and ids stay strictly increasing.
+	assert.Empty(t, ts.mustBroadcast(`{"client":"`+id+`","data":"just you"}`).ID)
 	ts.mustBroadcast(`{"channel":"news","data":"4"}`)
 	assert.Equal(t, []string{"1", "2", "3", "just you", "4"}, live.readData(5), "each event once, in order")
+	assert.Contains(t, live.raw.String(), "id: 0000000000000003\ndata: 3\n\ndata: just you\n\nid: 0000000000000004\n")
 
 	// Ids far below this process's start are not from before a restart:
 	// the history that numbered them outlives the process.

@@ -19,6 +19,7 @@ import (
 //		max_msgs_per_subject <n>
 //		max_bytes <size>
 //		duplicate_window <duration>
+//		node <name>
 //		creds <file>
 //		nkey <seed-file>
 //		user <name> <password>
@@ -92,11 +93,13 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("parsing max_bytes %q: a positive size, such as 256MiB", d.Val())
 			}
 			t.MaxBytes = int64(size)
-		case "creds", "nkey", "token":
+		case "creds", "nkey", "token", "node":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
 			switch option {
+			case "node":
+				t.Node = d.Val()
 			case "creds":
 				t.Creds = d.Val()
 			case "nkey":

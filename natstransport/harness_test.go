@@ -144,6 +144,7 @@ func freeAddrs(t *testing.T, n int) []string {
 // caddyNode is a Caddy running as its own process.
 type caddyNode struct {
 	t         *testing.T
+	name      string // its node option, if the test gave one
 	caddyfile string // path of its config file
 	admin     string
 	http      string

@@ -47,6 +47,8 @@ const retryWait = time.Second
 type node struct {
 	conn   *nats.Conn
 	js     jetstream.JetStream
+	// peers are the other Caddy nodes on this stream.
+	peers  *peers
 	stream string
 	sink   ssebroadcast.Sink
 	logger *zap.Logger
@@ -93,6 +95,7 @@ func startNode(t *Transport, sink ssebroadcast.Sink) (*node, error) {
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	n.peers = newPeers(t.Stream, t.Node, sink.Answer, t.logger)
 	opts, err := t.connectOptions(n)
 	if err != nil {
 		return nil, err
@@ -105,6 +108,10 @@ func startNode(t *Transport, sink ssebroadcast.Sink) (*node, error) {
 	if err != nil {
 		n.conn.Close()
 		return nil, fmt.Errorf("setting up JetStream: %w", err)
+	}
+	if err := n.peers.start(n.conn); err != nil {
+		n.conn.Close()
+		return nil, fmt.Errorf("joining the other nodes: %w", err)
 	}
 	// From here on, every event is numbered by the stream.
 	n.release = sink.Durable()
@@ -329,6 +336,7 @@ func (n *node) Destruct() error {
 		consuming.Stop()
 		<-consuming.Closed()
 	}
+	n.peers.close()
 	n.conn.Close()
 	<-n.done
 	n.release()

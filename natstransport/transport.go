@@ -25,6 +25,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/caddy-sse/ssebroadcast"
 	"github.com/caddyserver/caddy/v2"
@@ -113,6 +114,11 @@ type Transport struct {
 	// TLS, when set, connects over TLS; its files are PEM.
 	TLS *TLS `json:"tls,omitempty"`
 
+	// Node names this node in the admin API's answers: its clients in
+	// GET /sse/clients, its figures in GET /sse/stats. Give each node a
+	// name of its own. Default: the machine's host name.
+	Node string `json:"node,omitempty"`
+
 	node   *node
 	key    string
 	logger *zap.Logger
@@ -164,6 +170,13 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	if t.DuplicateWindow == 0 {
 		t.DuplicateWindow = caddy.Duration(DefaultDuplicateWindow)
 	}
+	if t.Node == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("naming this node after its host (give it a name with the node option): %w", err)
+		}
+		t.Node = host
+	}
 	// One connection and consumer per NATS address and stream; the other
 	// options of a reload that keeps both apply to the stream in place.
 	t.key = t.serverList() + " " + t.Stream
@@ -194,6 +207,9 @@ func (t *Transport) Validate() error {
 		return errors.New("creds and nkey are two ways to authenticate: give one")
 	case t.TLS != nil && (t.TLS.Cert == "") != (t.TLS.Key == ""):
 		return errors.New("tls needs both cert and key, or neither")
+	}
+	if len(t.Node) > 128 || strings.ContainsFunc(t.Node, unicode.IsControl) {
+		return fmt.Errorf("node %q: a node's name is at most 128 characters, none of them control characters", t.Node)
 	}
 	for _, u := range t.URLs {
 		if strings.ContainsAny(u, ", \t") {
@@ -249,9 +265,11 @@ func (t *Transport) connectOptions(n *node) ([]nats.Option, error) {
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			n.logger.Info("reconnected to NATS", zap.String("server", c.ConnectedUrlRedacted()))
+			n.peers.sayHello()
 		}),
 		nats.ConnectHandler(func(c *nats.Conn) {
 			n.logger.Info("connected to NATS", zap.String("server", c.ConnectedUrlRedacted()))
+			n.peers.sayHello()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			n.logger.Warn("NATS", zap.Error(err))
@@ -298,8 +316,19 @@ func (t *Transport) Open(sink ssebroadcast.Sink) error {
 	t.node = val.(*node)
 	if loaded {
 		t.node.updateStream(t.streamConfig())
+		t.node.peers.setName(t.Node)
 	}
 	return nil
+}
+
+// NodeName implements ssebroadcast.Cluster.
+func (t *Transport) NodeName() string { return t.node.peers.nodeName() }
+
+// AskAll implements ssebroadcast.Cluster: it asks the other nodes on the
+// same NATS and stream, over core NATS, and waits for them at most
+// PublishTimeout.
+func (t *Transport) AskAll(ctx context.Context, question []byte, answered func(node string, answer []byte) bool) ([]string, error) {
+	return t.node.peers.askAll(ctx, time.Duration(t.PublishTimeout), question, answered)
 }
 
 // Publish stores events in the stream, in order, each once NATS has
@@ -366,6 +395,7 @@ func (t *Transport) Close() error {
 // Interface guards
 var (
 	_ ssebroadcast.Transport = (*Transport)(nil)
+	_ ssebroadcast.Cluster   = (*Transport)(nil)
 	_ caddy.Provisioner      = (*Transport)(nil)
 	_ caddy.Validator        = (*Transport)(nil)
 )
