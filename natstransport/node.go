@@ -45,8 +45,8 @@ const retryWait = time.Second
 // consumer that delivers the stream's events, in stream order, to the
 // process's fan-out.
 type node struct {
-	conn   *nats.Conn
-	js     jetstream.JetStream
+	conn *nats.Conn
+	js   jetstream.JetStream
 	// peers are the other Caddy nodes on this stream.
 	peers  *peers
 	stream string
