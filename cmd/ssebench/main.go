@@ -283,8 +283,11 @@ func run(cfg config, out, human io.Writer) (int, error) {
 		}
 	}
 
-	log.Printf("publishing %d events of %d bytes with %d publishers to %s",
-		cfg.events, cfg.size, cfg.publishers, strings.Join(cfg.publishURLs, ", "))
+	by := ""
+	if cfg.publishers > 1 {
+		by = fmt.Sprintf(" by %d publishers at once", cfg.publishers)
+	}
+	log.Printf("publishing %d events of %d bytes%s to %s", cfg.events, cfg.size, by, strings.Join(cfg.publishURLs, ", "))
 	firstPublish := time.Now()
 	if err := publishAll(cfg, pubs); err != nil {
 		return exitFailed, err
