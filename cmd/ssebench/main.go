@@ -13,6 +13,25 @@
 //	ssebench -stream http://127.0.0.1:8080/sub/bench -publisher nchan \
 //	    -publish http://127.0.0.1:8080/pub/bench -pid "$(cat nginx.pid)"
 //
+// or against several nodes that deliver every event to their own clients,
+// such as Caddy nodes on one NATS, with comma-separated lists:
+//
+//	ssebench -stream http://127.0.0.1:8093/,http://127.0.0.1:8094/ -publisher admin \
+//	    -publish http://localhost:2996/sse/broadcast,http://localhost:2997/sse/broadcast \
+//	    -publishers 4 -pid "$node_a,$node_b" -aux-pid "$nats"
+//
+// Client i connects to stream URL i mod the number of stream URLs. Event i
+// is published by publisher i mod -publishers, to publish URL i mod the
+// number of publish URLs; each publisher publishes its events one after the
+// other, and the publishers run at once. The server's figures are summed
+// over the -pid processes and their descendants; the -aux-pid processes,
+// such as a NATS server, are reported beside them, not in them.
+//
+// With one publisher, every stream must receive the events in the order
+// they were published. With several, events of two publishers have no order
+// relative to each other, so each stream must receive each publisher's
+// events in that publisher's order.
+//
 // The result goes to standard output as one JSON line, so that runs can be
 // appended to a file, and to standard error as one line for people, after
 // the progress notes. The exit status is 0 if every delivery arrived once and
@@ -74,15 +93,17 @@ const (
 
 // config is the run, as the flags give it.
 type config struct {
-	streamURL       string
+	streamURLs      []string
 	clients         int
 	events          int
 	rate            float64
 	size            int
 	publisher       string
-	publishURL      string
+	publishURLs     []string
+	publishers      int
 	channel         string
-	pid             int
+	pids            []int
+	auxPIDs         []int
 	label           string
 	connectTimeout  time.Duration
 	idleWait        time.Duration
@@ -101,7 +122,7 @@ func main() {
 		log.Print(err)
 		os.Exit(exitFailed)
 	}
-	code, err := run(cfg)
+	code, err := run(cfg, os.Stdout, os.Stderr)
 	if err != nil {
 		log.Print(err)
 	}
@@ -110,16 +131,19 @@ func main() {
 
 func parseFlags(args []string) (config, error) {
 	var cfg config
+	var streamURLs, publishURLs, pids, auxPIDs string
 	fs := flag.NewFlagSet("ssebench", flag.ContinueOnError)
-	fs.StringVar(&cfg.streamURL, "stream", "", "URL of the SSE stream to GET (http or https)")
+	fs.StringVar(&streamURLs, "stream", "", "URL of the SSE stream to GET (http or https), or a comma-separated list of them, one per node: client i connects to URL i mod their number")
 	fs.IntVar(&cfg.clients, "clients", 1000, "number of streams to hold open, each on its own connection")
 	fs.IntVar(&cfg.events, "events", 1000, "number of events to publish")
-	fs.Float64Var(&cfg.rate, "rate", 0, "events per second to publish; 0 publishes one after the other as fast as the server answers")
+	fs.Float64Var(&cfg.rate, "rate", 0, "events per second to publish, over all publishers; 0 publishes one after the other as fast as the server answers")
 	fs.IntVar(&cfg.size, "size", 100, "payload bytes per event (at least the header \"<i> <nanoseconds> \")")
 	fs.StringVar(&cfg.publisher, "publisher", "admin", `how to publish: "admin" posts {"channel","data"} JSON, "nchan" posts the raw payload as text/plain`)
-	fs.StringVar(&cfg.publishURL, "publish", "", "URL to POST each event to, e.g. http://localhost:2019/sse/broadcast")
+	fs.StringVar(&publishURLs, "publish", "", "URL to POST each event to, e.g. http://localhost:2019/sse/broadcast, or a comma-separated list of them: event i goes to URL i mod their number")
+	fs.IntVar(&cfg.publishers, "publishers", 1, "number of publishers posting at once, each its events one after the other: event i is publisher i mod their number's")
 	fs.StringVar(&cfg.channel, "channel", "bench", "channel to publish on (admin publisher only)")
-	fs.IntVar(&cfg.pid, "pid", 0, "server process id, for RSS and CPU time from /proc, summed with its descendants (nginx workers); 0 skips them")
+	fs.StringVar(&pids, "pid", "", "server process id, or a comma-separated list of them (one per node), for RSS and CPU time from /proc, summed over them and their descendants (nginx workers); empty or 0 skips them")
+	fs.StringVar(&auxPIDs, "aux-pid", "", "process ids of a service the server depends on, such as a NATS server, comma-separated: their CPU time, with their descendants', is reported apart from the server's")
 	fs.StringVar(&cfg.label, "label", "", "text to identify the run in the result")
 	fs.DurationVar(&cfg.connectTimeout, "connect-timeout", 60*time.Second, "how long all clients together may take to connect")
 	fs.DurationVar(&cfg.idleWait, "idle-wait", 2*time.Second, "how long to let the server settle after all clients connect, before reading its idle RSS")
@@ -131,11 +155,27 @@ func parseFlags(args []string) (config, error) {
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments %q: every setting is a flag", fs.Args())
 	}
+	var err error
+	if cfg.streamURLs, err = splitList("-stream", streamURLs); err != nil {
+		return cfg, err
+	}
+	if cfg.publishURLs, err = splitList("-publish", publishURLs); err != nil {
+		return cfg, err
+	}
+	// A lone 0 is what -pid took before it took lists: no server to measure.
+	if pids != "0" {
+		if cfg.pids, err = parsePIDs("-pid", pids); err != nil {
+			return cfg, err
+		}
+	}
+	if cfg.auxPIDs, err = parsePIDs("-aux-pid", auxPIDs); err != nil {
+		return cfg, err
+	}
 
 	switch {
-	case cfg.streamURL == "":
+	case len(cfg.streamURLs) == 0:
 		return cfg, errors.New("-stream is required")
-	case cfg.publishURL == "":
+	case len(cfg.publishURLs) == 0:
 		return cfg, errors.New("-publish is required")
 	case cfg.publisher != "admin" && cfg.publisher != "nchan":
 		return cfg, fmt.Errorf(`-publisher must be "admin" or "nchan", got %q`, cfg.publisher)
@@ -149,33 +189,82 @@ func parseFlags(args []string) (config, error) {
 		return cfg, fmt.Errorf("-rate must be between 0 and 1e9 events per second, got %g", cfg.rate)
 	case cfg.dialConcurrency < 1:
 		return cfg, fmt.Errorf("-dial-concurrency must be at least 1, got %d", cfg.dialConcurrency)
-	case cfg.pid < 0:
-		return cfg, fmt.Errorf("-pid must not be negative, got %d", cfg.pid)
+	case cfg.publishers < 1:
+		return cfg, fmt.Errorf("-publishers must be at least 1, got %d", cfg.publishers)
+	case cfg.publishers > cfg.events:
+		return cfg, fmt.Errorf("-publishers (%d) must not be more than -events (%d): each publishes at least one", cfg.publishers, cfg.events)
+	}
+	for _, pid := range cfg.auxPIDs {
+		if slices.Contains(cfg.pids, pid) {
+			return cfg, fmt.Errorf("process %d is in both -pid and -aux-pid: its CPU time would count twice", pid)
+		}
 	}
 	return cfg, nil
 }
 
+// splitList splits a flag's comma-separated list; an empty flag is an
+// empty list, an empty item an error.
+func splitList(flagName, list string) ([]string, error) {
+	if list == "" {
+		return nil, nil
+	}
+	items := strings.Split(list, ",")
+	for i, item := range items {
+		items[i] = strings.TrimSpace(item)
+		if items[i] == "" {
+			return nil, fmt.Errorf("%s %q: an empty item in the comma-separated list", flagName, list)
+		}
+	}
+	return items, nil
+}
+
+// parsePIDs reads a flag's comma-separated process ids, each positive and
+// given once.
+func parsePIDs(flagName, list string) ([]int, error) {
+	items, err := splitList(flagName, list)
+	if err != nil {
+		return nil, err
+	}
+	pids := make([]int, 0, len(items))
+	for _, item := range items {
+		pid, err := strconv.Atoi(item)
+		if err != nil || pid < 1 {
+			return nil, fmt.Errorf("%s: %q is not a process id (a positive whole number)", flagName, item)
+		}
+		if slices.Contains(pids, pid) {
+			return nil, fmt.Errorf("%s: process %d is listed twice", flagName, pid)
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
+}
+
 // run carries out the workload and reports it, returning the exit status.
-func run(cfg config) (int, error) {
+// The result goes to out as JSON and to human as a line for people.
+func run(cfg config, out, human io.Writer) (int, error) {
 	if err := raiseFileLimit(uint64(cfg.clients) + 64); err != nil {
 		return exitFailed, err
 	}
-	target, err := newStreamTarget(cfg.streamURL)
-	if err != nil {
-		return exitFailed, err
+	targets := make([]*streamTarget, len(cfg.streamURLs))
+	for i, u := range cfg.streamURLs {
+		var err error
+		if targets[i], err = newStreamTarget(u); err != nil {
+			return exitFailed, err
+		}
 	}
-	pub := newPublisher(cfg)
+	pubs := newPublishers(cfg)
 
-	var before, idle, after procSample
-	if cfg.pid != 0 {
-		if before, err = sampleServer(cfg.pid); err != nil {
+	var before, idle, after, auxIdle, auxAfter procSample
+	var err error
+	if len(cfg.pids) > 0 {
+		if before, err = sampleProcesses("-pid", cfg.pids); err != nil {
 			return exitFailed, err
 		}
 	}
 
-	log.Printf("connecting %d clients to %s", cfg.clients, cfg.streamURL)
+	log.Printf("connecting %d clients to %s", cfg.clients, strings.Join(cfg.streamURLs, ", "))
 	connectStart := time.Now()
-	st, err := connectAll(cfg, target)
+	st, err := connectAll(cfg, targets)
 	if err != nil {
 		return exitFailed, err
 	}
@@ -183,15 +272,24 @@ func run(cfg config) (int, error) {
 	log.Printf("connected %d clients in %.2fs", cfg.clients, connectTime.Seconds())
 
 	time.Sleep(cfg.idleWait)
-	if cfg.pid != 0 {
-		if idle, err = sampleServer(cfg.pid); err != nil {
+	if len(cfg.pids) > 0 {
+		if idle, err = sampleProcesses("-pid", cfg.pids); err != nil {
+			return exitFailed, err
+		}
+	}
+	if len(cfg.auxPIDs) > 0 {
+		if auxIdle, err = sampleProcesses("-aux-pid", cfg.auxPIDs); err != nil {
 			return exitFailed, err
 		}
 	}
 
-	log.Printf("publishing %d events of %d bytes to %s", cfg.events, cfg.size, cfg.publishURL)
+	by := ""
+	if cfg.publishers > 1 {
+		by = fmt.Sprintf(" by %d publishers at once", cfg.publishers)
+	}
+	log.Printf("publishing %d events of %d bytes%s to %s", cfg.events, cfg.size, by, strings.Join(cfg.publishURLs, ", "))
 	firstPublish := time.Now()
-	if err := pub.publishAll(cfg); err != nil {
+	if err := publishAll(cfg, pubs); err != nil {
 		return exitFailed, err
 	}
 	publishTime := time.Since(firstPublish)
@@ -204,8 +302,13 @@ func run(cfg config) (int, error) {
 	case <-drain.C:
 		log.Printf("drain timeout: %d clients still waiting after %s", st.unsettled.Load(), cfg.drainTimeout)
 	}
-	if cfg.pid != 0 {
-		if after, err = sampleServer(cfg.pid); err != nil {
+	if len(cfg.pids) > 0 {
+		if after, err = sampleProcesses("-pid", cfg.pids); err != nil {
+			return exitFailed, err
+		}
+	}
+	if len(cfg.auxPIDs) > 0 {
+		if auxAfter, err = sampleProcesses("-aux-pid", cfg.auxPIDs); err != nil {
 			return exitFailed, err
 		}
 	}
@@ -214,10 +317,16 @@ func run(cfg config) (int, error) {
 	res := summarize(cfg, st.clients, firstPublish)
 	res.ConnectSeconds = round3(connectTime.Seconds())
 	res.PublishSeconds = round3(publishTime.Seconds())
-	if cfg.pid != 0 {
+	if publishTime > 0 {
+		res.PublishesPerSec = math.Round(float64(cfg.events) / publishTime.Seconds())
+	}
+	if len(cfg.pids) > 0 {
 		res.addServer(before, idle, after)
 	}
-	if err := res.print(os.Stdout, os.Stderr); err != nil {
+	if len(cfg.auxPIDs) > 0 {
+		res.addAux(auxIdle, auxAfter)
+	}
+	if err := res.print(out, human); err != nil {
 		return exitFailed, err
 	}
 	if res.StreamErrors > 0 {
@@ -362,10 +471,11 @@ func (st *streams) settle() {
 	}
 }
 
-// connectAll opens every stream, at most -dial-concurrency at a time, and
-// returns once all of them have their response headers. Any failure fails
-// the run: a benchmark with fewer clients than asked would mislead.
-func connectAll(cfg config, target *streamTarget) (*streams, error) {
+// connectAll opens every stream, client i to targets[i mod len(targets)],
+// at most -dial-concurrency at a time, and returns once all of them have
+// their response headers. Any failure fails the run: a benchmark with fewer
+// clients than asked would mislead.
+func connectAll(cfg config, targets []*streamTarget) (*streams, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.connectTimeout)
 	defer cancel()
 
@@ -374,7 +484,8 @@ func connectAll(cfg config, target *streamTarget) (*streams, error) {
 	ready := make(chan error, cfg.clients) // one answer per client, never blocking
 	sem := make(chan struct{}, cfg.dialConcurrency)
 	for i := range st.clients {
-		c := newClient(cfg.events)
+		c := newClient(cfg.events, cfg.publishers)
+		target := targets[i%len(targets)]
 		st.clients[i] = c
 		st.wg.Add(1)
 		go func() {
@@ -445,21 +556,28 @@ type client struct {
 	events    int
 	seen      []uint64 // bitset of the sequence numbers received
 	latencies []uint32 // microseconds, one per first receipt of an event
-	prev      int      // the sequence number received last; -1 before any
-	lastRecv  int64    // Unix nanoseconds of the last first receipt
+	// prev holds, for each publisher p, the sequence number of p's event
+	// received last; -1 before any. Event seq is publisher seq mod
+	// len(prev)'s, and only one publisher's events have an order.
+	prev     []int
+	lastRecv int64 // Unix nanoseconds of the last first receipt
 
 	duplicates, outOfOrder, malformed int64
 
 	err error // why the stream ended before the run closed it
 }
 
-func newClient(events int) *client {
-	return &client{
+func newClient(events, publishers int) *client {
+	c := &client{
 		events:    events,
 		seen:      make([]uint64, (events+63)/64),
 		latencies: make([]uint32, 0, events),
-		prev:      -1,
+		prev:      make([]int, publishers),
 	}
+	for p := range c.prev {
+		c.prev[p] = -1
+	}
+	return c
 }
 
 // read parses the event stream until it fails, calling complete once every
@@ -539,10 +657,11 @@ func (c *client) receive(head []byte, extra bool) bool {
 		return false
 	}
 	c.seen[word] |= bit
-	if seq < c.prev {
+	prev := &c.prev[seq%len(c.prev)]
+	if seq < *prev {
 		c.outOfOrder++
 	}
-	c.prev = seq
+	*prev = seq
 	c.lastRecv = now
 	c.latencies = append(c.latencies, micros(now-sent))
 	return len(c.latencies) == c.events
@@ -582,42 +701,83 @@ func parseDigits(b []byte) (n int64, rest []byte, ok bool) {
 	return n, b[i:], i > 0
 }
 
-// publisher posts events to the server over one keep-alive connection.
+// publisher posts its share of the events to the server, one after the
+// other, over one keep-alive connection per publish URL.
 type publisher struct {
 	client  *http.Client
 	kind    string
-	url     string
 	channel string
 }
 
-func newPublisher(cfg config) *publisher {
-	return &publisher{
-		client: &http.Client{
-			// No proxy from the environment: the run measures this server.
-			Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 1},
-			Timeout:   30 * time.Second,
-		},
-		kind:    cfg.publisher,
-		url:     cfg.publishURL,
-		channel: cfg.channel,
+// newPublishers makes -publishers publishers, each with its own
+// connections, so that they publish at once.
+func newPublishers(cfg config) []*publisher {
+	pubs := make([]*publisher, cfg.publishers)
+	for i := range pubs {
+		pubs[i] = &publisher{
+			client: &http.Client{
+				// No proxy from the environment: the run measures this server.
+				Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 1},
+				Timeout:   30 * time.Second,
+			},
+			kind:    cfg.publisher,
+			channel: cfg.channel,
+		}
 	}
+	return pubs
 }
 
-// publishAll publishes the -events events one after the other, each after
-// a tick when -rate is set. A ticker drops the ticks it could not deliver,
-// so a server slower than the rate sets the pace, and publish_seconds shows it.
-func (p *publisher) publishAll(cfg config) error {
+// publishAll publishes the -events events: event i by publisher i mod
+// len(pubs), to publish URL i mod their number. The publishers run at once;
+// each publishes its events one after the other, each after a tick when
+// -rate is set, at its share of the rate, the publishers' ticks spread
+// evenly. A ticker drops the ticks it could not deliver, so a server slower
+// than the rate sets the pace, and publish_seconds shows it. The first
+// failure stops every publisher and is returned.
+func publishAll(cfg config, pubs []*publisher) error {
+	var (
+		wg       sync.WaitGroup
+		failed   atomic.Bool
+		errOnce  sync.Once
+		firstErr error
+	)
+	start := time.Now()
+	for p, pub := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := pub.publishShare(cfg, p, len(pubs), start, &failed)
+			if err != nil {
+				failed.Store(true)
+				errOnce.Do(func() { firstErr = err })
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// publishShare publishes events p, p+n, p+2n, … until the events run out or
+// another publisher has failed.
+func (pub *publisher) publishShare(cfg config, p, n int, start time.Time, failed *atomic.Bool) error {
 	var tick <-chan time.Time
 	if cfg.rate > 0 {
-		t := time.NewTicker(max(time.Duration(float64(time.Second)/cfg.rate), 1))
+		// Publisher p's first event is p/rate after the first publisher's,
+		// and each publisher ticks at rate/n: together, one event a 1/rate.
+		time.Sleep(time.Until(start.Add(time.Duration(float64(p) * float64(time.Second) / cfg.rate))))
+		t := time.NewTicker(max(time.Duration(float64(n)*float64(time.Second)/cfg.rate), 1))
 		defer t.Stop()
 		tick = t.C
 	}
-	for i := range cfg.events {
-		if tick != nil && i > 0 {
+	for i := p; i < cfg.events; i += n {
+		if failed.Load() {
+			return nil
+		}
+		if tick != nil && i > p {
 			<-tick
 		}
-		if err := p.publish(payload(i, time.Now(), cfg.size)); err != nil {
+		endpoint := cfg.publishURLs[i%len(cfg.publishURLs)]
+		if err := pub.publish(endpoint, payload(i, time.Now(), cfg.size)); err != nil {
 			return fmt.Errorf("publishing event %d: %w", i, err)
 		}
 	}
@@ -644,7 +804,7 @@ type adminEvent struct {
 	Data    string `json:"data"`
 }
 
-func (p *publisher) publish(data []byte) error {
+func (p *publisher) publish(endpoint string, data []byte) error {
 	body, contentType := data, "text/plain"
 	if p.kind == "admin" {
 		var err error
@@ -653,7 +813,7 @@ func (p *publisher) publish(data []byte) error {
 		}
 		contentType = "application/json"
 	}
-	req, err := http.NewRequest(http.MethodPost, p.url, bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, endpoint, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("making the request: %w", err)
 	}
@@ -666,7 +826,7 @@ func (p *publisher) publish(data []byte) error {
 	// Reading the answer to its end lets the connection carry the next one.
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s answered %s: %s", p.url, resp.Status, bytes.TrimSpace(answer))
+		return fmt.Errorf("%s answered %s: %s", endpoint, resp.Status, bytes.TrimSpace(answer))
 	}
 	if err != nil {
 		return fmt.Errorf("reading the answer: %w", err)
@@ -675,30 +835,41 @@ func (p *publisher) publish(data []byte) error {
 }
 
 // procSample is the server's resident memory and CPU time at one moment,
-// summed over the process and its descendants: nginx serves nchan from its
-// worker processes, and the master's own figures would miss their work.
+// summed over the processes and their descendants: nginx serves nchan from
+// its worker processes, and the master's own figures would miss their work;
+// a cluster's figures are its nodes' together.
 type procSample struct {
 	rssKiB   int64
 	cpuTicks int64
 }
 
-func sampleServer(pid int) (procSample, error) {
+// sampleProcesses sums the figures of the processes that flagName lists
+// and of their descendants, each process counted once.
+func sampleProcesses(flagName string, pids []int) (procSample, error) {
 	var s procSample
-	pids, err := processTree(pid)
-	if err != nil {
-		return s, err
-	}
-	for _, p := range pids {
-		rss, err := readRSS(p)
-		if err == nil {
-			var cpu int64
-			cpu, err = readCPUTicks(p)
-			s.rssKiB += rss
-			s.cpuTicks += cpu
+	counted := make(map[int]bool)
+	for _, pid := range pids {
+		tree, err := processTree(pid)
+		if err != nil {
+			return s, fmt.Errorf("%s %d: %w", flagName, pid, err)
 		}
-		// A descendant may exit between listing and reading; the server may not.
-		if err != nil && p == pid {
-			return s, err
+		for _, p := range tree {
+			if counted[p] {
+				continue
+			}
+			counted[p] = true
+			rss, err := readRSS(p)
+			if err == nil {
+				var cpu int64
+				cpu, err = readCPUTicks(p)
+				s.rssKiB += rss
+				s.cpuTicks += cpu
+			}
+			// A descendant may exit between listing and reading; a listed
+			// process may not.
+			if err != nil && p == pid {
+				return s, fmt.Errorf("%s %d: %w", flagName, pid, err)
+			}
 		}
 	}
 	return s, nil
@@ -714,7 +885,7 @@ func processTree(pid int) ([]int, error) {
 		tasks, err := os.ReadDir(taskDir)
 		if err != nil {
 			if i == 0 {
-				return nil, fmt.Errorf("-pid %d: reading the server process's threads: %w", pid, err)
+				return nil, fmt.Errorf("reading the process's threads: %w", err)
 			}
 			continue
 		}
@@ -811,6 +982,16 @@ type result struct {
 	RSSPerIdleConnKiB  *float64 `json:"rss_per_idle_conn_kib"`
 	ConnectSeconds     float64  `json:"connect_seconds"`
 	PublishSeconds     float64  `json:"publish_seconds"`
+	// Publishers is -publishers; Nodes, the number of -stream URLs;
+	// PublishesPerSec, the events over publish_seconds. The aux figures
+	// are the -aux-pid processes' CPU time over the server's span, null
+	// without -aux-pid. They come last so that a line begins as it did
+	// before ssebench took several nodes.
+	Publishers          int      `json:"publishers"`
+	Nodes               int      `json:"nodes"`
+	PublishesPerSec     float64  `json:"publishes_per_second"`
+	AuxCPUSeconds       *float64 `json:"aux_cpu_seconds"`
+	AuxCPUusPerDelivery *float64 `json:"aux_cpu_us_per_delivery"`
 }
 
 // summarize adds up the clients' figures; their readers must have stopped.
@@ -823,6 +1004,8 @@ func summarize(cfg config, clients []*client, firstPublish time.Time) *result {
 		Size:               cfg.size,
 		Rate:               cfg.rate,
 		DeliveriesExpected: int64(cfg.clients) * int64(cfg.events),
+		Publishers:         cfg.publishers,
+		Nodes:              len(cfg.streamURLs),
 	}
 	var lastRecv int64
 	for _, c := range clients {
@@ -875,6 +1058,17 @@ func (res *result) addServer(before, idle, after procSample) {
 	}
 }
 
+// addAux fills in the auxiliary processes' figures from two samples, over
+// the same span as the server's CPU time.
+func (res *result) addAux(idle, after procSample) {
+	cpu := float64(after.cpuTicks-idle.cpuTicks) / clockTicks
+	res.AuxCPUSeconds = &cpu
+	if res.Delivered > 0 {
+		perDelivery := round3(cpu * 1e6 / float64(res.Delivered))
+		res.AuxCPUusPerDelivery = &perDelivery
+	}
+}
+
 // print writes the JSON line to out and the line for people to human.
 func (res *result) print(out, human io.Writer) error {
 	line, err := json.Marshal(res)
@@ -898,14 +1092,28 @@ func (res *result) print(out, human io.Writer) error {
 		server = fmt.Sprintf("server cpu %.2fs (%s µs/delivery), rss %d -> %d KiB (%.2f KiB/idle conn)",
 			*res.ServerCPUSeconds, perDelivery, *res.RSSBeforeKiB, *res.RSSIdleKiB, *res.RSSPerIdleConnKiB)
 	}
+	if res.AuxCPUSeconds != nil {
+		perDelivery := "-"
+		if res.AuxCPUusPerDelivery != nil {
+			perDelivery = strconv.FormatFloat(*res.AuxCPUusPerDelivery, 'f', 3, 64)
+		}
+		server += fmt.Sprintf(", aux cpu %.2fs (%s µs/delivery)", *res.AuxCPUSeconds, perDelivery)
+	}
+	via := res.Publisher
+	if res.Publishers > 1 {
+		via = fmt.Sprintf("%d %s publishers", res.Publishers, res.Publisher)
+	}
+	if res.Nodes > 1 {
+		via += fmt.Sprintf(" on %d nodes", res.Nodes)
+	}
 	_, err = fmt.Fprintf(human, "%s: %d clients x %d events of %d B at rate %s via %s: delivered %d/%d (%.0f/s), "+
 		"latency p50 %.3f ms p99 %.3f ms max %.3f ms, lost %d dup %d out-of-order %d malformed %d, %s, "+
-		"connect %.2fs, publish %.2fs\n",
-		cmp.Or(res.Label, "ssebench"), res.Clients, res.Events, res.Size, rate, res.Publisher,
+		"connect %.2fs, publish %.2fs (%.0f events/s)\n",
+		cmp.Or(res.Label, "ssebench"), res.Clients, res.Events, res.Size, rate, via,
 		res.Delivered, res.DeliveriesExpected, res.DeliveriesPerSec,
 		res.LatencyP50ms, res.LatencyP99ms, res.LatencyMaxms,
 		res.Lost, res.Duplicates, res.OutOfOrder, res.Malformed, server,
-		res.ConnectSeconds, res.PublishSeconds)
+		res.ConnectSeconds, res.PublishSeconds, res.PublishesPerSec)
 	if err != nil {
 		return fmt.Errorf("writing the result: %w", err)
 	}
