@@ -89,6 +89,20 @@ run() { # label clients events rate publishers
 		-stream http://127.0.0.1:8093/,http://127.0.0.1:8094/ -publish "$publish" \
 		-pid "$node_a_pid,$node_b_pid" -aux-pid "$nats_pid" >>"$results" || echo "nats $label: exit $? (see above)" >&2
 	stop_servers
+	if [ "$rate" = 0 ]; then
+		# A publish through NATS waits for JetStream and for the node's
+		# consumer, so the cluster publishes fewer events a second, and
+		# each write to a client carries fewer of them: the memory
+		# transport again, at the cluster's pace, compares the fan-outs
+		# at one event rate.
+		local pace
+		pace=$(tail -n 1 "$results" | python3 -c 'import json, sys; print(json.load(sys.stdin)["publishes_per_second"])')
+		start_memory
+		"$work/ssebench" -label "memory-paced $label" "${common[@]}" -rate "$pace" \
+			-stream http://127.0.0.1:8092/ -publish http://localhost:2998/sse/broadcast \
+			-pid "$memory_pid" >>"$results" || echo "memory-paced $label: exit $? (see above)" >&2
+		stop_servers
+	fi
 }
 
 # max-rate: one publisher, each event as soon as the previous publish

@@ -81,7 +81,9 @@ func newPeers(stream, name string, answer func([]byte) []byte, logger *zap.Logge
 // start subscribes to the other nodes' greetings and questions, and says
 // hello now and every helloInterval until close.
 func (p *peers) start(conn *nats.Conn) error {
+	p.mu.Lock()
 	p.conn = conn
+	p.mu.Unlock()
 	for subject, handle := range map[string]nats.MsgHandler{
 		p.subject + ".hello": p.onHello,
 		p.subject + ".bye":   p.onBye,
@@ -125,8 +127,14 @@ func (p *peers) sayHello() { p.say(".hello") }
 func (p *peers) say(suffix string) {
 	p.mu.Lock()
 	body, _ := json.Marshal(hello{ID: p.id, Name: p.name})
+	// The connection's handlers may say hello before start has the
+	// connection: start says it then.
+	conn := p.conn
 	p.mu.Unlock()
-	if err := p.conn.Publish(p.subject+suffix, body); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+	if conn == nil {
+		return
+	}
+	if err := conn.Publish(p.subject+suffix, body); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		p.logger.Debug("greeting the other nodes", zap.Error(err))
 	}
 }
