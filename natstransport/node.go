@@ -37,6 +37,13 @@ const recentResults = 1024
 // node find their events in its windows.
 const catchUpWait = 10 * time.Second
 
+// consumerHeartbeat is how often NATS tells an idle consumer that it is
+// still there; two missed make the ordered consumer start again from the
+// event after the last it delivered. The consumer lives on one NATS server:
+// when that server goes, the node delivers nothing until then, 2 s rather
+// than the 10 s of nats.go's default heartbeat.
+const consumerHeartbeat = time.Second
+
 // retryWait is the pause between attempts to set up the stream and the
 // consumer while NATS cannot be reached.
 const retryWait = time.Second
@@ -172,7 +179,8 @@ func (n *node) consume() error {
 	if err != nil {
 		return fmt.Errorf("creating a consumer of stream %s: %w", n.stream, err)
 	}
-	consuming, err := consumer.Consume(n.deliver, jetstream.ConsumeErrHandler(n.consumeError))
+	consuming, err := consumer.Consume(n.deliver, jetstream.ConsumeErrHandler(n.consumeError),
+		jetstream.PullHeartbeat(consumerHeartbeat))
 	if err != nil {
 		return fmt.Errorf("consuming stream %s: %w", n.stream, err)
 	}
