@@ -273,13 +273,7 @@ func (a *App) clusterClient(ctx context.Context, id string) (ClientInfo, error) 
 	if c == nil {
 		return ClientInfo{}, unknownClient(id)
 	}
-	node, got, found, err := askFirst(ctx, c, question{Op: askClient, Client: id})
-	if !found || got.Client == nil {
-		return ClientInfo{}, notFoundInCluster(id, err)
-	}
-	info := *got.Client
-	info.Node = node
-	return info, nil
+	return askForClient(ctx, c, askClient, id)
 }
 
 // clusterKick disconnects the client with the given id on whichever node
@@ -297,7 +291,13 @@ func (a *App) clusterKick(ctx context.Context, id string) (ClientInfo, error) {
 	if c == nil {
 		return ClientInfo{}, err
 	}
-	node, got, found, err := askFirst(ctx, c, question{Op: askKick, Client: id})
+	return askForClient(ctx, c, askKick, id)
+}
+
+// askForClient puts op about the client id to the other nodes, and returns
+// the client as the node that holds it describes it.
+func askForClient(ctx context.Context, c Cluster, op, id string) (ClientInfo, error) {
+	node, got, found, err := askFirst(ctx, c, question{Op: op, Client: id})
 	if !found || got.Client == nil {
 		return ClientInfo{}, notFoundInCluster(id, err)
 	}

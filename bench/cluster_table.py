@@ -2,19 +2,11 @@
 one Caddy with the memory transport and on two Caddy nodes on one NATS,
 the nodes' figures against the memory transport's from the same run, and
 issue 12's targets."""
-import json
 import sys
 
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-by_label = {r["label"]: r for r in rows}
-workloads = []
-for r in rows:
-    workload = r["label"].split(" ", 1)[1]
-    if workload not in workloads:
-        workloads.append(workload)
+from results import fmt, load
 
-def fmt(v, digits=2):
-    return "n/a" if v is None else f"{v:.{digits}f}"
+by_label, workloads = load(sys.argv[1])
 
 def ratio(a, b):
     return None if a is None or b in (None, 0) else a / b

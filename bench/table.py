@@ -1,18 +1,10 @@
 """Prints bench/compare.sh's results as a Markdown table, with Caddy's
 figures as ratios of nchan's from the same run."""
-import json
 import sys
 
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-by_label = {r["label"]: r for r in rows}
-workloads = []
-for r in rows:
-    workload = r["label"].split(" ", 1)[1]
-    if workload not in workloads:
-        workloads.append(workload)
+from results import fmt, load
 
-def fmt(v, digits=2):
-    return "n/a" if v is None else f"{v:.{digits}f}"
+by_label, workloads = load(sys.argv[1])
 
 def ratio(a, b):
     return "n/a" if a is None or b in (None, 0) else f"{a / b:.2f}"
