@@ -276,3 +276,57 @@ func streamInfo(t *testing.T, server *natsServer) *jetstream.StreamInfo {
 	require.NoError(t, err)
 	return stream.CachedInfo()
 }
+
+func TestAStreamOfSeveralChannelsSeesStrictlyIncreasingIdsWhicheverNodeTheirPublishersUse(t *testing.T) {
+	nats := startNATS(t)
+	a, b := startCaddyNode(t, nats), startCaddyNode(t, nats)
+	onA, onB := openStream(t, a.url("/several"), nil), openStream(t, b.url("/several"), nil)
+	const each = 100
+	var publishers sync.WaitGroup
+	for _, p := range []struct {
+		node    *caddyNode
+		channel string
+	}{{a, "news"}, {b, "sports"}, {a, "sports"}, {b, "news"}} {
+		publishers.Go(func() {
+			for i := range each {
+				p.node.mustBroadcast(`{"channel":"` + p.channel + `","data":"` + strconv.Itoa(i) + `"}`)
+			}
+		})
+	}
+	publishers.Wait()
+	got := [2][]string{ids(onA.read(4 * each)), ids(onB.read(4 * each))}
+	for _, seen := range got {
+		for i := 1; i < len(seen); i++ {
+			require.Less(t, seen[i-1], seen[i], "ids strictly increase, over both channels")
+		}
+	}
+	assert.Equal(t, got[0], got[1], "one order on both nodes")
+}
+
+func TestANodeServesResumesBacklogsAndResetsFromWhatTheStreamKept(t *testing.T) {
+	nats := startNATS(t)
+	a := startCaddyNodeWith(t, []string{nats.url()}, "max_msgs_per_subject 3")
+	var published []result
+	for i := 1; i <= 6; i++ {
+		published = append(published, a.mustBroadcast(`{"channel":"news","data":"`+strconv.Itoa(i)+`"}`))
+	}
+	a.mustBroadcast(`{"channel":"sports","data":"other"}`)
+
+	// A node started now has only what the stream kept: 4, 5 and 6 of news.
+	late := startCaddyNodeWith(t, []string{nats.url()}, "max_msgs_per_subject 3")
+	behind := openStream(t, late.url("/"), http.Header{"Last-Event-Id": {published[1].ID}})
+	first := behind.next()
+	assert.Equal(t, "reset", first.Type, "the stream let 3 go: the gap cannot be filled; read %q", behind.raw.String())
+	assert.JSONEq(t, `{"reason":"expired","channels":["news"]}`, first.Data)
+	assert.Equal(t, []string{"4", "5", "6"}, behind.readData(3))
+
+	complete := openStream(t, late.url("/"), http.Header{"Last-Event-Id": {published[3].ID}})
+	assert.Equal(t, []string{"5", "6"}, complete.readData(2), "a resume the stream can fill has no reset")
+	assert.NotContains(t, complete.raw.String(), "event: reset")
+
+	assert.Equal(t, []string{"5", "6"}, openStream(t, late.url("/backlog"), nil).readData(2), "backlog 2")
+	earliest := openStream(t, late.url("/"), http.Header{"Last-Event-Id": {"earliest"}})
+	got := earliest.read(3)
+	assert.Equal(t, []string{"4", "5", "6"}, data(got))
+	assert.Equal(t, []string{published[3].ID, published[4].ID, published[5].ID}, ids(got), "the ids the publisher was answered with")
+}

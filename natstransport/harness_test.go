@@ -166,9 +166,24 @@ const nodeCaddyfile = `{
 	}
 }
 :{HTTP} {
-	sse_broadcast {
-		channel news
-		keepalive 200ms
+	handle /several {
+		sse_broadcast {
+			channel news sports
+			keepalive 200ms
+		}
+	}
+	handle /backlog {
+		sse_broadcast {
+			channel news
+			backlog 2
+			keepalive 200ms
+		}
+	}
+	handle {
+		sse_broadcast {
+			channel news
+			keepalive 200ms
+		}
 	}
 }
 `
