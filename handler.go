@@ -474,7 +474,8 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 	// (read_body, write) bound the whole response, as the user asked, and
 	// Caddy lets no handler loosen them: the README says to leave them
 	// unset on servers that carry streams.
-	watchdog := newWriteWatchdog(w, r, time.Duration(h.WriteTimeout))
+	watchdog := newWriteWatchdog(w, r, h.streamWriteTimeout())
+	silenceIdleDeadlines(w)
 	sub.setCutter(watchdog)
 	takenOver := false
 	defer func() {

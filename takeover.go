@@ -46,7 +46,7 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 		conn:          conn,
 		broadcaster:   b,
 		writers:       b.writers,
-		writeTimeout:  h.takenWriteTimeout(),
+		writeTimeout:  h.streamWriteTimeout(),
 		flushInterval: time.Duration(h.FlushInterval),
 		keepAlive:     time.Duration(h.KeepAlive),
 	}
@@ -102,11 +102,11 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 // unarmed is the delay of a timer made before it is first armed.
 const unarmed = time.Duration(math.MaxInt64)
 
-// takenWriteTimeout is how long a write to a taken-over connection may
-// stall: write_timeout, or with it off the server's write_idle timeout,
-// which bounds a stream that stays with the server and which net/http no
-// longer applies once the connection is taken over.
-func (h *Handler) takenWriteTimeout() time.Duration {
+// streamWriteTimeout is how long a write to a stream may stall:
+// write_timeout, or with it off the server's write_idle timeout, which
+// Caddy's wrapper no longer applies to a stream (silenceIdleDeadlines),
+// nor net/http once the connection is taken over.
+func (h *Handler) streamWriteTimeout() time.Duration {
 	if h.WriteTimeout > 0 {
 		return time.Duration(h.WriteTimeout)
 	}

@@ -155,8 +155,20 @@ func TestAQuietStreamOutlivesTheServersIdleTimeoutsOnEveryProtocol(t *testing.T)
 // quiet for longer than that, keeps receiving.
 func TestAStalledHTTP2StreamIsCutAndItsConnectionServesTheOthers(t *testing.T) {
 	const writeTimeout = 300 * time.Millisecond
-	ts, _ := startCaddyOn(t, false, fmt.Sprintf(`write_timeout %s
-		keepalive off`, writeTimeout))
+	for _, bound := range []struct{ name, server, handler string }{
+		{"write_timeout", "", fmt.Sprintf("write_timeout %s", writeTimeout)},
+		// With write_timeout off the server's write_idle bounds the
+		// stream's writes, which Caddy's own wrapper no longer does.
+		{"write_idle", fmt.Sprintf("timeouts {\n\t\t\twrite_idle %s\n\t\t}", writeTimeout), "write_timeout off"},
+	} {
+		t.Run(bound.name, func(t *testing.T) {
+			ts, _ := startCaddyWithServerOn(t, false, bound.server, bound.handler+"\n\t\tkeepalive off")
+			stalledHTTP2StreamIsCut(t, ts, writeTimeout)
+		})
+	}
+}
+
+func stalledHTTP2StreamIsCut(t *testing.T, ts *testServer, writeTimeout time.Duration) {
 	conn := dialRawH2(t, ts.http, 0)
 	reading := conn.get(1, "/", true)
 	require.Equal(t, "200", <-reading.status)

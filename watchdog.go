@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // writeWatchdog bounds the writes of a stream that stays with net/http
@@ -66,6 +68,32 @@ func newWriteWatchdog(w http.ResponseWriter, r *http.Request, timeout time.Durat
 	wd.timer = time.AfterFunc(unarmed, wd.fire)
 	return wd
 }
+
+// silenceIdleDeadlines makes Caddy's write_idle wrapper of w, if it has
+// one, leave the write deadline alone: the watchdog bounds the stream's
+// writes instead. The wrapper sets a deadline before and clears it after
+// every write and every flush, which on HTTP/2 is four round trips to the
+// connection's goroutine for each batch of events, and whose clearing puts
+// back a ceiling that the watchdog would have to undo. It must be called on
+// the handler's goroutine, before the first write: the wrapper is the
+// handler's alone.
+func silenceIdleDeadlines(w http.ResponseWriter) {
+	for {
+		if idle, ok := w.(*caddyhttp.IdleTimeoutWriter); ok {
+			idle.Ctrl = http.NewResponseController(noWriteDeadline{idle.ResponseWriterWrapper})
+		}
+		wrapper, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return
+		}
+		w = wrapper.Unwrap()
+	}
+}
+
+// noWriteDeadline is a response writer whose write deadline nothing sets.
+type noWriteDeadline struct{ http.ResponseWriter }
+
+func (noWriteDeadline) SetWriteDeadline(time.Time) error { return nil }
 
 // serverResponseWriter returns the response writer at the bottom of w's
 // wrappers, the one net/http (or quic-go) made for the request.
