@@ -27,6 +27,16 @@
 // over the -pid processes and their descendants; the -aux-pid processes,
 // such as a NATS server, are reported beside them, not in them.
 //
+// Streams are HTTP/1.1 (-proto h1, the default), one connection per stream,
+// over TLS for an https URL. -proto h2 holds each stream on a TLS
+// connection of its own speaking HTTP/2, and -proto h3 on a QUIC connection
+// of its own speaking HTTP/3, as separate browsers would; both take TLS 1.3
+// and do not verify the server's certificate, so that self-signed and
+// internal ones serve:
+//
+//	ssebench -proto h2 -stream https://localhost:8443/ -publisher admin \
+//	    -publish http://localhost:2019/sse/broadcast -pid 1234
+//
 // With one publisher, every stream must receive the events in the order
 // they were published. With several, events of two publishers have no order
 // relative to each other, so each stream must receive each publisher's
@@ -93,6 +103,7 @@ const (
 
 // config is the run, as the flags give it.
 type config struct {
+	proto           string
 	streamURLs      []string
 	clients         int
 	events          int
@@ -133,6 +144,7 @@ func parseFlags(args []string) (config, error) {
 	var cfg config
 	var streamURLs, publishURLs, pids, auxPIDs string
 	fs := flag.NewFlagSet("ssebench", flag.ContinueOnError)
+	fs.StringVar(&cfg.proto, "proto", "h1", `how each stream is carried, each on its own connection: "h1" is HTTP/1.1 (over TLS for https URLs), "h2" HTTP/2 over TLS, "h3" HTTP/3 over QUIC; h2 and h3 take https URLs and do not verify the server's certificate`)
 	fs.StringVar(&streamURLs, "stream", "", "URL of the SSE stream to GET (http or https), or a comma-separated list of them, one per node: client i connects to URL i mod their number")
 	fs.IntVar(&cfg.clients, "clients", 1000, "number of streams to hold open, each on its own connection")
 	fs.IntVar(&cfg.events, "events", 1000, "number of events to publish")
@@ -177,6 +189,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, errors.New("-stream is required")
 	case len(cfg.publishURLs) == 0:
 		return cfg, errors.New("-publish is required")
+	case cfg.proto != "h1" && cfg.proto != "h2" && cfg.proto != "h3":
+		return cfg, fmt.Errorf(`-proto must be "h1", "h2" or "h3", got %q`, cfg.proto)
 	case cfg.publisher != "admin" && cfg.publisher != "nchan":
 		return cfg, fmt.Errorf(`-publisher must be "admin" or "nchan", got %q`, cfg.publisher)
 	case cfg.clients < 1:
@@ -197,6 +211,13 @@ func parseFlags(args []string) (config, error) {
 	for _, pid := range cfg.auxPIDs {
 		if slices.Contains(cfg.pids, pid) {
 			return cfg, fmt.Errorf("process %d is in both -pid and -aux-pid: its CPU time would count twice", pid)
+		}
+	}
+	if cfg.proto != "h1" {
+		for _, u := range cfg.streamURLs {
+			if !strings.HasPrefix(u, "https://") {
+				return cfg, fmt.Errorf("-proto %s runs over TLS: -stream %q must be an https URL", cfg.proto, u)
+			}
 		}
 	}
 	return cfg, nil
@@ -248,7 +269,7 @@ func run(cfg config, out, human io.Writer) (int, error) {
 	targets := make([]*streamTarget, len(cfg.streamURLs))
 	for i, u := range cfg.streamURLs {
 		var err error
-		if targets[i], err = newStreamTarget(u); err != nil {
+		if targets[i], err = newStreamTarget(u, cfg.proto); err != nil {
 			return exitFailed, err
 		}
 	}
@@ -262,7 +283,11 @@ func run(cfg config, out, human io.Writer) (int, error) {
 		}
 	}
 
-	log.Printf("connecting %d clients to %s", cfg.clients, strings.Join(cfg.streamURLs, ", "))
+	over := ""
+	if cfg.proto != "h1" {
+		over = " over " + cfg.proto
+	}
+	log.Printf("connecting %d clients%s to %s", cfg.clients, over, strings.Join(cfg.streamURLs, ", "))
 	connectStart := time.Now()
 	st, err := connectAll(cfg, targets)
 	if err != nil {
@@ -315,6 +340,7 @@ func run(cfg config, out, human io.Writer) (int, error) {
 	st.closeAll()
 
 	res := summarize(cfg, st.clients, firstPublish)
+	res.TLS = st.tls
 	res.ConnectSeconds = round3(connectTime.Seconds())
 	res.PublishSeconds = round3(publishTime.Seconds())
 	if publishTime > 0 {
@@ -359,22 +385,25 @@ func raiseFileLimit(need uint64) error {
 	return nil
 }
 
-// streamTarget is what every client sends and where: the request is written
-// once as bytes, and each client writes them to its own connection, since
-// http.Transport would add two goroutines and two buffers per stream.
+// streamTarget is what every client sends and where. For h1 the request is
+// written once as bytes, and each client writes them to its own connection,
+// since http.Transport would add two goroutines and two buffers per stream;
+// h2 does the same with the connection's opening frames (see h2.go); h3
+// goes through quic-go's client (see h3.go).
 type streamTarget struct {
+	proto   string
 	addr    string
 	tls     *tls.Config // nil for http
 	req     *http.Request
-	request []byte
+	request []byte // h1: the request; h2: the connection's first flight
 }
 
-func newStreamTarget(rawURL string) (*streamTarget, error) {
+func newStreamTarget(rawURL, proto string) (*streamTarget, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("parsing -stream: %w", err)
 	}
-	t := &streamTarget{}
+	t := &streamTarget{proto: proto}
 	port := u.Port()
 	switch u.Scheme {
 	case "http":
@@ -385,12 +414,26 @@ func newStreamTarget(rawURL string) (*streamTarget, error) {
 		if port == "" {
 			port = "443"
 		}
-		// HTTP/1.1 only, so that each stream has a connection of its own.
-		t.tls = &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}}
+		if proto == "h1" {
+			// HTTP/1.1 only, so that each stream has a connection of its own.
+			t.tls = &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}}
+		} else {
+			t.tls = browserTLS(u.Hostname(), proto)
+		}
 	default:
 		return nil, fmt.Errorf("-stream must be an http or https URL, got %q", rawURL)
 	}
 	t.addr = net.JoinHostPort(u.Hostname(), port)
+	if proto != "h1" {
+		// Resolved once, IPv4 first as net.ResolveTCPAddr and quic-go
+		// resolve, so that every client of h2 and h3 alike dials the
+		// same address.
+		ip, err := net.ResolveTCPAddr("tcp", t.addr)
+		if err != nil {
+			return nil, fmt.Errorf("resolving -stream %q: %w", rawURL, err)
+		}
+		t.addr = ip.String()
+	}
 
 	t.req, err = http.NewRequest(http.MethodGet, rawURL, nil)
 	if err != nil {
@@ -399,37 +442,84 @@ func newStreamTarget(rawURL string) (*streamTarget, error) {
 	t.req.Header.Set("Accept", "text/event-stream")
 	t.req.Header.Set("Cache-Control", "no-cache")
 	t.req.Header.Set("User-Agent", "ssebench")
-	var buf bytes.Buffer
-	if err := t.req.Write(&buf); err != nil {
-		return nil, fmt.Errorf("writing the stream request: %w", err)
+	switch proto {
+	case "h1":
+		var buf bytes.Buffer
+		if err := t.req.Write(&buf); err != nil {
+			return nil, fmt.Errorf("writing the stream request: %w", err)
+		}
+		t.request = buf.Bytes()
+	case "h2":
+		t.request = h2FirstFlight(t.req)
 	}
-	t.request = buf.Bytes()
 	return t, nil
 }
 
+// browserTLS is the TLS a browser offers for HTTP/2 or HTTP/3: TLS 1.3
+// with Go's default key exchanges (X25519MLKEM768, X25519, P-256, P-384,
+// as current browsers offer), the server's certificate accepted unverified.
+func browserTLS(serverName, proto string) *tls.Config {
+	return &tls.Config{
+		ServerName: serverName,
+		NextProtos: []string{proto},
+		MinVersion: tls.VersionTLS13,
+		// The bench's servers have self-signed and internal certificates.
+		InsecureSkipVerify: true,
+	}
+}
+
+// openStream is one client's open stream.
+type openStream struct {
+	conn io.Closer // ends the stream and its connection
+	body io.Reader // the event stream
+	tls  *tls.ConnectionState
+}
+
 // open connects, sends the request and waits for a 200 text/event-stream
-// answer, all within ctx's deadline. It returns the connection and its body.
-func (t *streamTarget) open(ctx context.Context) (net.Conn, io.Reader, error) {
+// answer, all within ctx's deadline.
+func (t *streamTarget) open(ctx context.Context) (openStream, error) {
+	switch t.proto {
+	case "h2":
+		return t.openH2(ctx)
+	case "h3":
+		return t.openH3(ctx)
+	}
+	return t.openH1(ctx)
+}
+
+// dial opens the TCP connection, and the TLS session over it if the target
+// has one, with ctx's deadline on the connection.
+func (t *streamTarget) dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("dialing: %w", err)
-	}
-	fail := func(err error) (net.Conn, io.Reader, error) {
-		_ = conn.Close()
-		return nil, nil, err
+		return nil, fmt.Errorf("dialing: %w", err)
 	}
 	if deadline, ok := ctx.Deadline(); ok {
 		if err := conn.SetDeadline(deadline); err != nil {
-			return fail(fmt.Errorf("setting the connect deadline: %w", err))
+			_ = conn.Close()
+			return nil, fmt.Errorf("setting the connect deadline: %w", err)
 		}
 	}
-	if t.tls != nil {
-		tc := tls.Client(conn, t.tls)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return fail(fmt.Errorf("TLS handshake: %w", err))
-		}
-		conn = tc
+	if t.tls == nil {
+		return conn, nil
+	}
+	tc := tls.Client(conn, t.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	return tc, nil
+}
+
+func (t *streamTarget) openH1(ctx context.Context) (openStream, error) {
+	conn, err := t.dial(ctx)
+	if err != nil {
+		return openStream{}, err
+	}
+	fail := func(err error) (openStream, error) {
+		_ = conn.Close()
+		return openStream{}, err
 	}
 	if _, err := conn.Write(t.request); err != nil {
 		return fail(fmt.Errorf("sending the request: %w", err))
@@ -438,20 +528,48 @@ func (t *streamTarget) open(ctx context.Context) (net.Conn, io.Reader, error) {
 	if err != nil {
 		return fail(fmt.Errorf("reading the response headers: %w", err))
 	}
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
-		return fail(fmt.Errorf("the server answered %s: %s", resp.Status, bytes.TrimSpace(body)))
-	}
-	// A 200 from the wrong URL, such as an HTML page, would otherwise show
-	// up only as every event lost.
-	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != "text/event-stream" {
-		return fail(fmt.Errorf("the server answered with Content-Type %q, not text/event-stream", resp.Header.Get("Content-Type")))
+	if err := checkAnswer(resp.StatusCode, resp.Header.Get("Content-Type"), resp.Body); err != nil {
+		return fail(err)
 	}
 	// The stream is idle for as long as the run wants: no deadline from now.
 	if err := conn.SetDeadline(time.Time{}); err != nil {
 		return fail(fmt.Errorf("clearing the connect deadline: %w", err))
 	}
-	return conn, resp.Body, nil
+	return openStream{conn: conn, body: resp.Body, tls: tlsState(conn)}, nil
+}
+
+// tlsState is conn's TLS session, nil over cleartext.
+func tlsState(conn net.Conn) *tls.ConnectionState {
+	tc, ok := conn.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	state := tc.ConnectionState()
+	return &state
+}
+
+// checkAnswer fails an answer other than 200 with text/event-stream, with
+// the start of its body.
+func checkAnswer(status int, contentType string, body io.Reader) error {
+	if status != http.StatusOK {
+		answer, _ := io.ReadAll(io.LimitReader(body, 300))
+		return fmt.Errorf("the server answered %d %s: %s", status, http.StatusText(status), bytes.TrimSpace(answer))
+	}
+	// A 200 from the wrong URL, such as an HTML page, would otherwise show
+	// up only as every event lost.
+	if mt, _, _ := mime.ParseMediaType(contentType); mt != "text/event-stream" {
+		return fmt.Errorf("the server answered with Content-Type %q, not text/event-stream", contentType)
+	}
+	return nil
+}
+
+// describeTLS names a TLS session's version, cipher suite and key exchange,
+// e.g. "TLS 1.3 TLS_AES_128_GCM_SHA256 X25519".
+func describeTLS(state *tls.ConnectionState) string {
+	if state == nil {
+		return ""
+	}
+	return fmt.Sprintf("%s %s %s", tls.VersionName(state.Version), tls.CipherSuiteName(state.CipherSuite), state.CurveID)
 }
 
 // streams is the set of connected clients while the run is on.
@@ -461,6 +579,7 @@ type streams struct {
 	closing   atomic.Bool    // set before the run closes the connections
 	unsettled atomic.Int64   // clients neither complete nor ended
 	settled   chan struct{}  // closed when unsettled reaches 0
+	tls       string         // the first stream's TLS session, described
 }
 
 // settle marks one client as done with the run, by completing or by its
@@ -483,6 +602,7 @@ func connectAll(cfg config, targets []*streamTarget) (*streams, error) {
 	st.unsettled.Store(int64(cfg.clients))
 	ready := make(chan error, cfg.clients) // one answer per client, never blocking
 	sem := make(chan struct{}, cfg.dialConcurrency)
+	var tlsOnce sync.Once
 	for i := range st.clients {
 		c := newClient(cfg.events, cfg.publishers)
 		target := targets[i%len(targets)]
@@ -496,16 +616,19 @@ func connectAll(cfg config, targets []*streamTarget) (*streams, error) {
 				ready <- fmt.Errorf("client %d: waiting to dial: %w", i, ctx.Err())
 				return
 			}
-			conn, body, err := target.open(ctx)
+			s, err := target.open(ctx)
 			<-sem
 			if err != nil {
 				ready <- fmt.Errorf("client %d: %w", i, err)
 				return
 			}
-			c.conn = conn
+			c.conn = s.conn
+			if s.tls != nil {
+				tlsOnce.Do(func() { st.tls = describeTLS(s.tls) })
+			}
 			ready <- nil
 
-			err = c.read(body, st.settle)
+			err = c.read(s.body, st.settle)
 			if len(c.latencies) < cfg.events {
 				st.settle()
 			}
@@ -552,7 +675,7 @@ func (st *streams) firstError() error {
 // reading goroutine until closeAll returns. It keeps a bit and a latency per
 // event, so that 10,000 clients of 1,000 events take about 40 MiB.
 type client struct {
-	conn      net.Conn
+	conn      io.Closer
 	events    int
 	seen      []uint64 // bitset of the sequence numbers received
 	latencies []uint32 // microseconds, one per first receipt of an event
@@ -992,6 +1115,10 @@ type result struct {
 	PublishesPerSec     float64  `json:"publishes_per_second"`
 	AuxCPUSeconds       *float64 `json:"aux_cpu_seconds"`
 	AuxCPUusPerDelivery *float64 `json:"aux_cpu_us_per_delivery"`
+	// Proto is -proto; TLS, the first stream's TLS version, cipher suite
+	// and key exchange, empty over cleartext.
+	Proto string `json:"proto"`
+	TLS   string `json:"tls"`
 }
 
 // summarize adds up the clients' figures; their readers must have stopped.
@@ -1006,6 +1133,7 @@ func summarize(cfg config, clients []*client, firstPublish time.Time) *result {
 		DeliveriesExpected: int64(cfg.clients) * int64(cfg.events),
 		Publishers:         cfg.publishers,
 		Nodes:              len(cfg.streamURLs),
+		Proto:              cfg.proto,
 	}
 	var lastRecv int64
 	for _, c := range clients {
@@ -1106,10 +1234,14 @@ func (res *result) print(out, human io.Writer) error {
 	if res.Nodes > 1 {
 		via += fmt.Sprintf(" on %d nodes", res.Nodes)
 	}
-	_, err = fmt.Fprintf(human, "%s: %d clients x %d events of %d B at rate %s via %s: delivered %d/%d (%.0f/s), "+
+	clients := fmt.Sprintf("%d clients", res.Clients)
+	if res.Proto != "h1" {
+		clients = fmt.Sprintf("%d %s clients (%s)", res.Clients, res.Proto, res.TLS)
+	}
+	_, err = fmt.Fprintf(human, "%s: %s x %d events of %d B at rate %s via %s: delivered %d/%d (%.0f/s), "+
 		"latency p50 %.3f ms p99 %.3f ms max %.3f ms, lost %d dup %d out-of-order %d malformed %d, %s, "+
 		"connect %.2fs, publish %.2fs (%.0f events/s)\n",
-		cmp.Or(res.Label, "ssebench"), res.Clients, res.Events, res.Size, rate, via,
+		cmp.Or(res.Label, "ssebench"), clients, res.Events, res.Size, rate, via,
 		res.Delivered, res.DeliveriesExpected, res.DeliveriesPerSec,
 		res.LatencyP50ms, res.LatencyP99ms, res.LatencyMaxms,
 		res.Lost, res.Duplicates, res.OutOfOrder, res.Malformed, server,

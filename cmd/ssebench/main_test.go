@@ -2,9 +2,17 @@ package main
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go/http3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -76,6 +85,33 @@ func TestFlagsRejectListsThatCannotBeRun(t *testing.T) {
 	}
 }
 
+func TestFlagProtoIsH1UnlessH2OrH3IsAskedFor(t *testing.T) {
+	cfg, err := parseFlags([]string{"-stream", "http://a/", "-publish", "http://b/"})
+	require.NoError(t, err)
+	assert.Equal(t, "h1", cfg.proto)
+	for _, proto := range []string{"h2", "h3"} {
+		cfg, err := parseFlags([]string{"-proto", proto, "-stream", "https://a/,https://b:8443/", "-publish", "http://b/"})
+		require.NoError(t, err, proto)
+		assert.Equal(t, proto, cfg.proto)
+	}
+}
+
+func TestFlagProtoRejectsUnknownProtocolsAndCleartextURLs(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-proto", "h2c", "-stream", "http://a/"}, `-proto must be "h1", "h2" or "h3", got "h2c"`},
+		{[]string{"-proto", "h2", "-stream", "http://a/"}, `-stream "http://a/" must be an https URL`},
+		{[]string{"-proto", "h3", "-stream", "https://a/,http://b/"}, `-stream "http://b/" must be an https URL`},
+	} {
+		_, err := parseFlags(append(tc.args, "-publish", "http://b/"))
+		if assert.Error(t, err, "%q", tc.args) {
+			assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
+		}
+	}
+}
+
 // receiveAll hands c the events seqs, in that order, as a stream would.
 func receiveAll(c *client, seqs ...int) {
 	now := time.Now()
@@ -120,19 +156,27 @@ func TestAnEventOfSeveralPublishersReceivedTwiceIsADuplicate(t *testing.T) {
 type cluster struct {
 	mu      sync.Mutex
 	streams []chan []byte
-	nodes   []*httptest.Server
+	// The streams' protocols and client addresses, under mu.
+	protos, remotes map[string]int
+	nodes           []*httptest.Server
+	muxes           []*http.ServeMux
 	// Per node: the streams it served and the events published to it.
 	clients, publishes []atomic.Int64
 }
 
 func newCluster(t *testing.T, nodes int) *cluster {
-	cl := &cluster{clients: make([]atomic.Int64, nodes), publishes: make([]atomic.Int64, nodes)}
+	cl := &cluster{
+		protos: make(map[string]int), remotes: make(map[string]int),
+		clients: make([]atomic.Int64, nodes), publishes: make([]atomic.Int64, nodes),
+	}
 	for n := range nodes {
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /stream", func(w http.ResponseWriter, r *http.Request) {
 			events := make(chan []byte, 1024)
 			cl.mu.Lock()
 			cl.streams = append(cl.streams, events)
+			cl.protos[r.Proto]++
+			cl.remotes[r.RemoteAddr]++
 			cl.mu.Unlock()
 			cl.clients[n].Add(1)
 			w.Header().Set("Content-Type", "text/event-stream")
@@ -172,8 +216,53 @@ func newCluster(t *testing.T, nodes int) *cluster {
 			srv.Close()
 		})
 		cl.nodes = append(cl.nodes, srv)
+		cl.muxes = append(cl.muxes, mux)
 	}
 	return cl
+}
+
+// serveH2 serves node n's streams over TLS with HTTP/2 (and HTTP/1.1) as
+// well, on a server of its own, and returns its URL.
+func (cl *cluster) serveH2(t *testing.T, n int) string {
+	srv := httptest.NewUnstartedServer(cl.muxes[n])
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	return srv.URL
+}
+
+// serveH3 serves node n's streams over HTTP/3 as well, on a server of its
+// own with a self-signed certificate, and returns its URL.
+func (cl *cluster) serveH3(t *testing.T, n int) string {
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	srv := &http3.Server{
+		Handler:   cl.muxes[n],
+		TLSConfig: http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}),
+	}
+	go func() { _ = srv.Serve(udp) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "https://" + udp.LocalAddr().String()
+}
+
+// selfSigned makes a P-256 certificate for 127.0.0.1 and localhost.
+func selfSigned(t *testing.T) tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // urls lists each node's URL at path, comma-separated.
@@ -272,4 +361,65 @@ func TestRunFailsWhenAPublishIsRefused(t *testing.T) {
 	assert.Equal(t, exitFailed, code)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "503")
+}
+
+// runOK runs ssebench with args and returns its JSON result, failing the
+// test unless every delivery arrived.
+func runOK(t *testing.T, args ...string) map[string]any {
+	t.Helper()
+	cfg, err := parseFlags(append([]string{"-idle-wait", "0"}, args...))
+	require.NoError(t, err)
+	var out, human bytes.Buffer
+	code, err := run(cfg, &out, &human)
+	require.NoError(t, err)
+	require.Equal(t, 0, code, human.String())
+	var res map[string]any
+	require.NoError(t, json.Unmarshal(out.Bytes(), &res))
+	return res
+}
+
+func TestRunOverH2GivesEachClientATLSConnectionOfItsOwn(t *testing.T) {
+	cl := newCluster(t, 1)
+	res := runOK(t, "-proto", "h2", "-stream", cl.serveH2(t, 0)+"/stream", "-publish", cl.urls("/publish"),
+		"-clients", "5", "-events", "30")
+
+	assert.EqualValues(t, 150, res["deliveries_delivered"])
+	assert.EqualValues(t, 0, res["out_of_order"])
+	assert.Equal(t, "h2", res["proto"])
+	assert.Contains(t, res["tls"], "TLS 1.3 ")
+	assert.Equal(t, map[string]int{"HTTP/2.0": 5}, cl.protos)
+	assert.Len(t, cl.remotes, 5, "one connection per client")
+}
+
+func TestRunOverH3GivesEachClientAQUICConnectionOfItsOwn(t *testing.T) {
+	cl := newCluster(t, 1)
+	res := runOK(t, "-proto", "h3", "-stream", cl.serveH3(t, 0)+"/stream", "-publish", cl.urls("/publish"),
+		"-clients", "5", "-events", "30")
+
+	assert.EqualValues(t, 150, res["deliveries_delivered"])
+	assert.EqualValues(t, 0, res["out_of_order"])
+	assert.Equal(t, "h3", res["proto"])
+	assert.Contains(t, res["tls"], "TLS 1.3 ")
+	assert.Equal(t, map[string]int{"HTTP/3.0": 5}, cl.protos)
+	assert.Len(t, cl.remotes, 5, "one connection, and one UDP socket, per client")
+}
+
+func TestRunOverH2GivesTheWindowBackOnALongStream(t *testing.T) {
+	// 400 events of 20 kB are 8 MB, more than the 6 MiB the stream's
+	// window starts with: without the window given back, the server stops.
+	cl := newCluster(t, 1)
+	res := runOK(t, "-proto", "h2", "-stream", cl.serveH2(t, 0)+"/stream", "-publish", cl.urls("/publish"),
+		"-clients", "1", "-events", "400", "-size", "20000", "-drain-timeout", "10s")
+	assert.EqualValues(t, 400, res["deliveries_delivered"])
+}
+
+func TestRunOverH2FailsWhenTheAnswerIsNotAnEventStream(t *testing.T) {
+	cl := newCluster(t, 1)
+	cfg, err := parseFlags([]string{"-proto", "h2", "-stream", cl.serveH2(t, 0) + "/nothing", "-publish", cl.urls("/publish"),
+		"-clients", "2", "-events", "1", "-idle-wait", "0"})
+	require.NoError(t, err)
+	code, err := run(cfg, io.Discard, io.Discard)
+	assert.Equal(t, exitFailed, code)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "the server answered 404 Not Found: 404 page not found")
 }
