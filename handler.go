@@ -510,6 +510,10 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 		return errTakenOver
 	}
 
+	// A keep-alive goes after KeepAlive without a write. The timer is
+	// not moved on by every write, which would cost a timer reset per
+	// event: when it fires, it is set again for what is left of the
+	// interval since the last write.
 	var keepAlive <-chan time.Time
 	var keepAliveTimer *time.Timer
 	if h.KeepAlive > 0 {
@@ -517,16 +521,18 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 		defer keepAliveTimer.Stop()
 		keepAlive = keepAliveTimer.C
 	}
+	lastWrite := time.Now()
 
 	// Flushes are at least FlushInterval apart: events that arrive sooner
 	// wait for the held flush and share its write, so that under a high
 	// publish rate a client costs one system call per interval rather than
 	// one per event, and an event that follows a quiet spell goes at once.
 	var held <-chan time.Time
-	holdTimer := time.NewTimer(0)
-	<-holdTimer.C
-	defer holdTimer.Stop()
-	var lastFlush time.Time
+	var holdTimer *time.Timer
+	if h.FlushInterval > 0 {
+		holdTimer = time.NewTimer(unarmed)
+		defer holdTimer.Stop()
+	}
 
 	var spare [][]byte
 	flush := func() error {
@@ -534,9 +540,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 		if err := out.write(spare); err != nil {
 			return h.writeFailed(sub, r, err, watchdog)
 		}
-		if h.FlushInterval > 0 {
-			lastFlush = time.Now()
-		}
+		lastWrite = time.Now()
 		return nil
 	}
 	for {
@@ -559,8 +563,8 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 			if held != nil {
 				continue // the held flush takes this event too
 			}
-			if h.FlushInterval > 0 {
-				if wait := time.Duration(h.FlushInterval) - time.Since(lastFlush); wait > 0 {
+			if holdTimer != nil {
+				if wait := time.Duration(h.FlushInterval) - time.Since(lastWrite); wait > 0 {
 					holdTimer.Reset(wait)
 					held = holdTimer.C
 					continue
@@ -575,11 +579,14 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 				return err
 			}
 		case <-keepAlive:
+			if quiet := time.Since(lastWrite); quiet < time.Duration(h.KeepAlive) {
+				keepAliveTimer.Reset(time.Duration(h.KeepAlive) - quiet)
+				continue
+			}
 			if err := out.write(keepAliveFrames); err != nil {
 				return h.writeFailed(sub, r, err, watchdog)
 			}
-		}
-		if keepAliveTimer != nil {
+			lastWrite = time.Now()
 			keepAliveTimer.Reset(time.Duration(h.KeepAlive))
 		}
 	}
