@@ -7,10 +7,10 @@ import "net"
 // hangupWatcher tells when the clients of taken-over connections leave.
 // Outside Linux it gives each connection a goroutine blocked in a read.
 type hangupWatcher struct {
-	onHangup func(*subscriber)
+	onHangup func(*subscriber, dropReason)
 }
 
-func newHangupWatcher(onHangup func(*subscriber)) *hangupWatcher {
+func newHangupWatcher(onHangup func(*subscriber, dropReason)) *hangupWatcher {
 	return &hangupWatcher{onHangup: onHangup}
 }
 
