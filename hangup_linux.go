@@ -3,9 +3,11 @@
 package ssebroadcast
 
 import (
+	"math"
 	"net"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -159,6 +161,35 @@ func socketHangupReason(raw syscall.RawConn) dropReason {
 		return dropClientLeft // closed meanwhile: its stream has ended
 	}
 	return hangupReason(syscall.Errno(soErr))
+}
+
+// limitUnacknowledged makes the kernel give up on conn's TCP connection
+// once data it sent has gone unacknowledged for d (TCP_USER_TIMEOUT,
+// rounded up to a millisecond): a peer that vanished without a FIN or an
+// RST then ends its stream within d of the first write it did not
+// acknowledge, keep-alives included, where the kernel would otherwise
+// retransmit for some fifteen minutes (tcp_retries2) while the writes,
+// too small to fill the send buffer, never stall. The same bound ends a
+// connection whose peer holds its receive window shut for d, and one whose
+// TCP keep-alive probes go unanswered once d has passed since the peer was
+// last heard. The abort wakes the hang-up watcher, and fails the next
+// write, with ETIMEDOUT. Connections that are not TCP are left alone.
+func limitUnacknowledged(conn net.Conn, d time.Duration) error {
+	if _, ok := conn.LocalAddr().(*net.TCPAddr); !ok {
+		return nil
+	}
+	raw := socketOf(conn)
+	if raw == nil {
+		return nil
+	}
+	ms := int(min((d+time.Millisecond-1)/time.Millisecond, math.MaxInt32))
+	var setErr error
+	if err := raw.Control(func(fd uintptr) {
+		setErr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, ms)
+	}); err != nil {
+		return err
+	}
+	return setErr
 }
 
 // close stops the watcher's goroutine. Connections still open are no longer
