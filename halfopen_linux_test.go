@@ -92,8 +92,8 @@ func newNetns(t *testing.T, n int) *netns {
 		if out, err := exec.Command("ip", "link", "add", p.hostLink, "type", "veth", "peer", "name", p.peerLink, "netns", ns.name).CombinedOutput(); err != nil {
 			skipOrFail(t, "cannot make a veth pair (needs CAP_NET_ADMIN and the veth driver): ip link add: %v: %s", err, out)
 		}
-		hostIP("addr", "add", p.hostIP+"/30", "dev", p.hostLink)(t)
-		hostIP("link", "set", p.hostLink, "up")(t)
+		runIP(t, "addr", "add", p.hostIP+"/30", "dev", p.hostLink)
+		runIP(t, "link", "set", p.hostLink, "up")
 		ns.ip("addr", "add", p.peerIP+"/30", "dev", p.peerLink)
 		ns.ip("link", "set", p.peerLink, "up")
 	}
@@ -110,19 +110,17 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 	t.Skipf(format, args...)
 }
 
-// hostIP returns a check that runs ip with args on the host.
-func hostIP(args ...string) func(t *testing.T) {
-	return func(t *testing.T) {
-		t.Helper()
-		out, err := exec.Command("ip", args...).CombinedOutput()
-		require.NoError(t, err, "ip %s: %s", strings.Join(args, " "), out)
-	}
+// runIP runs ip with args on the host.
+func runIP(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	require.NoError(t, err, "ip %s: %s", strings.Join(args, " "), out)
 }
 
 // ip runs ip with args in the namespace.
 func (ns *netns) ip(args ...string) {
 	ns.t.Helper()
-	hostIP(append([]string{"-n", ns.name}, args...)...)(ns.t)
+	runIP(ns.t, append([]string{"-n", ns.name}, args...)...)
 }
 
 // client returns an HTTP client whose connections are the peer's: made in
