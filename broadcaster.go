@@ -117,7 +117,7 @@ func newBroadcaster(limits broadcastLimits) *broadcaster {
 		stopJanitor: make(chan struct{}),
 		janitorDone: make(chan struct{}),
 	}
-	b.hangups = newHangupWatcher(func(s *subscriber) { b.drop(s, dropClientLeft) })
+	b.hangups = newHangupWatcher(func(s *subscriber, reason dropReason) { b.drop(s, reason) })
 	b.limits.Store(&limits)
 	go b.runJanitor()
 	return b

@@ -326,7 +326,8 @@ func channelClients(st Stats) map[string]int {
 // window probes where a vanished host would not answer at all, which the
 // server cannot see. (An idle stream to a vanished peer is another matter:
 // its keep-alives fit the send buffer, so no write stalls, and only the
-// kernel's retransmission timeout ends it; loopback cannot show that.)
+// user timeout on its socket ends it; loopback cannot show that, and
+// halfopen_linux_test.go tests it with peers that vanish for real.)
 func TestHalfOpenConnectionsAreReaped(t *testing.T) {
 	ts := startCaddy(t, `{
 	{GLOBAL}

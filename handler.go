@@ -92,7 +92,11 @@ type Handler struct {
 
 	// WriteTimeout is how long a write to the client may stall: a client
 	// that takes no 32 KiB of what is sent to it in this time is
-	// disconnected. A negative value turns the timeout off. Default: 10s.
+	// disconnected. On Linux it also bounds how long what a taken-over
+	// HTTP/1.1 stream sent may go unacknowledged (TCP_USER_TIMEOUT), so
+	// that a client gone without a FIN or an RST is disconnected within it
+	// and a keep-alive interval (see README, "Clients that vanish"). A
+	// negative value turns the timeout off. Default: 10s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// MaxQueue is how many events may wait for one client; a client that

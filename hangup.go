@@ -16,9 +16,9 @@ type hangupRegistration struct {
 
 // watchByReading is the hang-up watch for a connection without a socket
 // the watcher can poll: a goroutine that reads until the client closes the
-// connection, or until end closes it. Bytes a client sends on an event
-// stream mean nothing and are discarded.
-func watchByReading(conn net.Conn, s *subscriber, onHangup func(*subscriber)) hangupRegistration {
+// connection, the kernel gives up on it, or end closes it. Bytes a client
+// sends on an event stream mean nothing and are discarded.
+func watchByReading(conn net.Conn, s *subscriber, onHangup func(*subscriber, dropReason)) hangupRegistration {
 	go func() {
 		var discard [512]byte
 		for {
@@ -31,13 +31,34 @@ func watchByReading(conn net.Conn, s *subscriber, onHangup func(*subscriber)) ha
 				}
 			}
 			if err != nil {
-				onHangup(s)
+				onHangup(s, hangupReason(err))
 				return
 			}
 		}
 	}()
 	// Closing the connection ends the read.
 	return hangupRegistration{cancel: func() {}}
+}
+
+// hangupReason says why a connection that failed with err ended: a peer
+// that acknowledged nothing in time is a client that did not take a write
+// in time, as one whose write stalls is; any other failure means the
+// client left.
+func hangupReason(err error) dropReason {
+	if peerGaveNoAnswer(err) {
+		return dropWriteTimeout
+	}
+	return dropClientLeft
+}
+
+// peerGaveNoAnswer reports whether err is the kernel giving up on a
+// connection whose peer acknowledged nothing in time: data unacknowledged
+// for the connection's user timeout, keep-alive probes unanswered, or
+// retransmissions run out. The error is ETIMEDOUT, or the ICMP error the
+// connection heard meanwhile, which alone never ends an established one.
+func peerGaveNoAnswer(err error) bool {
+	return errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTDOWN)
 }
 
 // socketOf returns the socket under conn, looking through wrappers such as

@@ -2,15 +2,18 @@
 
 package ssebroadcast
 
-import "net"
+import (
+	"net"
+	"time"
+)
 
 // hangupWatcher tells when the clients of taken-over connections leave.
 // Outside Linux it gives each connection a goroutine blocked in a read.
 type hangupWatcher struct {
-	onHangup func(*subscriber)
+	onHangup func(*subscriber, dropReason)
 }
 
-func newHangupWatcher(onHangup func(*subscriber)) *hangupWatcher {
+func newHangupWatcher(onHangup func(*subscriber, dropReason)) *hangupWatcher {
 	return &hangupWatcher{onHangup: onHangup}
 }
 
@@ -20,3 +23,9 @@ func (w *hangupWatcher) watch(conn net.Conn, s *subscriber) hangupRegistration {
 }
 
 func (w *hangupWatcher) close() {}
+
+// limitUnacknowledged bounds how long data sent on conn may go
+// unacknowledged on Linux only (TCP_USER_TIMEOUT); elsewhere a vanished
+// peer is noticed when the kernel gives up retransmitting, or when the
+// send buffer fills and a write stalls for write_timeout.
+func limitUnacknowledged(net.Conn, time.Duration) error { return nil }

@@ -5,6 +5,7 @@ package ssebroadcast
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -63,13 +65,18 @@ type received struct {
 }
 
 func TestAStalledClientIsDisconnectedAndHoldsNoOneBack(t *testing.T) {
+	// The normal clients, twenty parsers in this process under the race
+	// detector, fall up to a second and a half behind at times, with
+	// their receive windows shut: with write_timeout 1s the kernel could
+	// give up on one of them (TCP_USER_TIMEOUT, README "Clients that
+	// vanish"), which is not what this test is about.
 	ts := startCaddy(t, `{
 	{GLOBAL}
 }
 :{HTTP} {
 	sse_broadcast {
 		channel fanout
-		write_timeout 1s
+		write_timeout 3s
 	}
 }`)
 	const clients, events = 20, 2000
@@ -120,14 +127,19 @@ func TestAStalledClientIsDisconnectedAndHoldsNoOneBack(t *testing.T) {
 	require.Eventually(t, func() bool { return ts.stats().Clients == clients }, awaitTimeout, 5*time.Millisecond)
 	st := ts.stats()
 	assert.Equal(t, uint64(1), st.Disconnects.Slow+st.Disconnects.WriteTimeout)
-	// Draining what the kernel holds ends in EOF once the server closed
-	// the connection; a larger buffer lets the client drain it quickly.
+	// Draining what the kernel holds ends once the server closed the
+	// connection: in EOF, or in a reset where the server's kernel gave up
+	// on a client that kept its window shut for write_timeout (Linux,
+	// TCP_USER_TIMEOUT) and forgot the connection. A larger buffer lets the
+	// client drain it quickly.
 	require.NoError(t, stalled.(*net.TCPConn).SetReadBuffer(1<<20))
 	// The deadline is generous: on a loaded machine the client drains
 	// slowly through its small receive window.
 	require.NoError(t, stalled.SetReadDeadline(time.Now().Add(3*awaitTimeout)))
 	_, err := io.Copy(io.Discard, stalled)
-	assert.NoError(t, err, "the server must close the stalled connection")
+	if !errors.Is(err, syscall.ECONNRESET) {
+		assert.NoError(t, err, "the server must close the stalled connection")
+	}
 }
 
 func TestAClientThatTakesNoWriteInTimeIsDisconnected(t *testing.T) {

@@ -72,6 +72,14 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 		}
 	}
 	sub.setCutter(tc)
+	// Writes that go unacknowledged count against the write bound too:
+	// a peer that vanished takes none, and the small writes of an idle
+	// stream never fill the send buffer to stall on it.
+	if tc.writeTimeout > 0 {
+		if err := limitUnacknowledged(conn, tc.writeTimeout); err != nil {
+			h.logger.Debug("bounding unacknowledged writes", zap.Error(err))
+		}
+	}
 	tc.hangup = b.hangups.watch(conn, sub)
 
 	// The timers exist before the stream is handed over, unarmed, so that
@@ -102,10 +110,13 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 // unarmed is the delay of a timer made before it is first armed.
 const unarmed = time.Duration(math.MaxInt64)
 
-// streamWriteTimeout is how long a write to a stream may stall:
+// streamWriteTimeout is how long a write to a stream may stall, and, on a
+// taken-over connection, how long what it wrote may go unacknowledged:
 // write_timeout, or with it off the server's write_idle timeout, which
 // Caddy's wrapper no longer applies to a stream (silenceIdleDeadlines),
-// nor net/http once the connection is taken over.
+// nor net/http once the connection is taken over. With both off, neither
+// is bounded: the kernel's retransmissions (about fifteen minutes) end a
+// vanished peer's stream.
 func (h *Handler) streamWriteTimeout() time.Duration {
 	if h.WriteTimeout > 0 {
 		return time.Duration(h.WriteTimeout)

@@ -411,10 +411,12 @@ func (tc *takenConn) limitTo(deadline time.Time) {
 }
 
 // fail ends the stream after a failed write: a client that did not take it
-// in time is disconnected and counted; any other failure means the client
-// left. A drop that came first (and interrupted the write) keeps its reason.
+// in time (the write's deadline passed, or the kernel gave up on a peer
+// that acknowledged nothing) is disconnected and counted; any other failure
+// means the client left. A drop that came first (and interrupted the write)
+// keeps its reason.
 func (tc *takenConn) fail(err error) {
-	reason := dropClientLeft
+	reason := hangupReason(err)
 	if errors.Is(err, errWriteTimeout) {
 		reason = dropWriteTimeout
 	}
