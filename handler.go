@@ -547,9 +547,10 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber
 		lastWrite = time.Now()
 		return nil
 	}
+	clientGone := r.Context().Done()
 	for {
 		select {
-		case <-r.Context().Done():
+		case <-clientGone:
 			// Marked before the stream lets go of its place, so that a
 			// shutdown under way does not count it.
 			h.app.broadcaster.drop(sub, dropClientLeft)
