@@ -378,30 +378,28 @@ func runOK(t *testing.T, args ...string) map[string]any {
 	return res
 }
 
-func TestRunOverH2GivesEachClientATLSConnectionOfItsOwn(t *testing.T) {
-	cl := newCluster(t, 1)
-	res := runOK(t, "-proto", "h2", "-stream", cl.serveH2(t, 0)+"/stream", "-publish", cl.urls("/publish"),
-		"-clients", "5", "-events", "30")
+func TestRunOverH2AndH3GivesEachClientAConnectionOfItsOwn(t *testing.T) {
+	for _, proto := range []struct {
+		name, wantProto string
+		serve           func(cl *cluster, t *testing.T) string
+	}{
+		{"h2", "HTTP/2.0", func(cl *cluster, t *testing.T) string { return cl.serveH2(t, 0) }},
+		// One QUIC connection, and one UDP socket, per client.
+		{"h3", "HTTP/3.0", func(cl *cluster, t *testing.T) string { return cl.serveH3(t, 0) }},
+	} {
+		t.Run(proto.name, func(t *testing.T) {
+			cl := newCluster(t, 1)
+			res := runOK(t, "-proto", proto.name, "-stream", proto.serve(cl, t)+"/stream", "-publish", cl.urls("/publish"),
+				"-clients", "5", "-events", "30")
 
-	assert.EqualValues(t, 150, res["deliveries_delivered"])
-	assert.EqualValues(t, 0, res["out_of_order"])
-	assert.Equal(t, "h2", res["proto"])
-	assert.Contains(t, res["tls"], "TLS 1.3 ")
-	assert.Equal(t, map[string]int{"HTTP/2.0": 5}, cl.protos)
-	assert.Len(t, cl.remotes, 5, "one connection per client")
-}
-
-func TestRunOverH3GivesEachClientAQUICConnectionOfItsOwn(t *testing.T) {
-	cl := newCluster(t, 1)
-	res := runOK(t, "-proto", "h3", "-stream", cl.serveH3(t, 0)+"/stream", "-publish", cl.urls("/publish"),
-		"-clients", "5", "-events", "30")
-
-	assert.EqualValues(t, 150, res["deliveries_delivered"])
-	assert.EqualValues(t, 0, res["out_of_order"])
-	assert.Equal(t, "h3", res["proto"])
-	assert.Contains(t, res["tls"], "TLS 1.3 ")
-	assert.Equal(t, map[string]int{"HTTP/3.0": 5}, cl.protos)
-	assert.Len(t, cl.remotes, 5, "one connection, and one UDP socket, per client")
+			assert.EqualValues(t, 150, res["deliveries_delivered"])
+			assert.EqualValues(t, 0, res["out_of_order"])
+			assert.Equal(t, proto.name, res["proto"])
+			assert.Contains(t, res["tls"], "TLS 1.3 ")
+			assert.Equal(t, map[string]int{proto.wantProto: 5}, cl.protos)
+			assert.Len(t, cl.remotes, 5, "one connection per client")
+		})
+	}
 }
 
 func TestRunOverH2GivesTheWindowBackOnALongStream(t *testing.T) {
