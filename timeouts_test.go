@@ -298,3 +298,27 @@ func stallHTTP1(t *testing.T, ts *testServer) (awaitEnd func()) {
 		assert.NoError(t, err, "the server must close the stalled connection")
 	}
 }
+
+// Keep-alives go after keepalive of silence on every protocol, streams kept
+// by the server included: none sooner after an event than the interval.
+func TestKeepAlivesFollowSilenceOnEveryProtocol(t *testing.T) {
+	const keepAlive = 300 * time.Millisecond
+	for _, proto := range streamProtocols {
+		t.Run(proto.name, func(t *testing.T) {
+			ts, url := startCaddyOn(t, proto.tls, fmt.Sprintf(`keepalive %s
+		takeover %s`, keepAlive, proto.takeover))
+			s := openStream(t, &http.Client{Transport: proto.transport(t)}, url)
+			require.Equal(t, proto.wantMajor, s.resp.ProtoMajor)
+			s.raw.awaitCount(t, ": keep-alive\n\n", 2)
+
+			// Half an interval after a keep-alive, an event: the next
+			// keep-alive waits a whole interval from the event.
+			time.Sleep(keepAlive / 2) // the silence under test
+			publishedAt := time.Now()
+			ts.mustBroadcast(`{"data":"x"}`)
+			require.Equal(t, "x", s.next().Data)
+			s.raw.awaitContains(t, "data: x\n\n: keep-alive\n\n")
+			assert.GreaterOrEqual(t, time.Since(publishedAt), keepAlive, "a keep-alive came sooner than the interval after an event")
+		})
+	}
+}
