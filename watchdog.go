@@ -30,9 +30,10 @@ type writeWatchdog struct {
 	timeout time.Duration // <= 0: writes have no time limit of their own
 	timer   *time.Timer
 	// recut is set where a cut can be undone before the write it cuts
-	// begins: over HTTP/1 and HTTP/3 Caddy's write_idle timeout sets its
-	// own deadline before each write. Over HTTP/2 a cut resets the
-	// stream, for good.
+	// begins: over HTTP/1 and HTTP/3 a deadline set later by a wrapper
+	// above the watchdog replaces it (Caddy's own write_idle wrapper is
+	// silenced, see silenceIdleDeadlines; another module's may not be).
+	// Over HTTP/2 a cut resets the stream, for good.
 	recut bool
 
 	mu       sync.Mutex
@@ -54,8 +55,8 @@ var (
 )
 
 // cutRetry is how soon a cut is made again while the write it cut has not
-// returned: a wrapper above the watchdog (Caddy's write_idle timeout) may
-// have put its own deadline back before the write began.
+// returned: a wrapper above the watchdog may have put its own deadline
+// back before the write began.
 const cutRetry = 20 * time.Millisecond
 
 // newWriteWatchdog watches the writes to w.
