@@ -5,13 +5,16 @@
 #   h1  HTTP/1.1 over cleartext: nchan, Caddy, Caddy with flush_interval 5ms
 #   h2  HTTP/2 over TLS, each client on a TLS connection of its own: nchan
 #       (a self-signed P-256 certificate made here with openssl), Caddy (its
-#       internal issuer's certificate), and go-h2, Go's own net/http server
-#       alone (bench/goh2), the floor of an HTTP/2 server in Go
+#       internal issuer's certificate), go-h2, Go's own net/http server
+#       alone (bench/goh2), the floor of an HTTP/2 server in Go, and
+#       caddy-floor, the least a handler inside Caddy can do
+#       (bench/caddyfloor), the floor of Caddy's HTTP/2 server
 #   h3  HTTP/3 over QUIC: Caddy only, which nchan cannot serve, against
 #       Caddy over h2 in the same run
 #
 # Events are published over cleartext HTTP/1.1 throughout: to nchan's
-# publisher location, Caddy's admin API and go-h2's publish port.
+# publisher location, Caddy's admin API and go-h2's and caddy-floor's
+# publish ports.
 # Not part of CI. Needs the Debian packages nginx-light and
 # libnginx-mod-nchan (installed here if missing), openssl, curl, and Go.
 #
@@ -38,6 +41,7 @@ systemctl stop nginx 2>/dev/null || true
 go build -o "$work/caddy" ./cmd/caddy
 go build -o "$work/ssebench" ./cmd/ssebench
 go build -o "$work/goh2" ./bench/goh2
+go build -o "$work/caddyfloor" ./bench/caddyfloor
 
 # nchan's TLS server block (and go-h2) need a certificate beside nchan.conf:
 # self-signed, P-256, for localhost, as the issue's nchan had.
@@ -56,8 +60,9 @@ export QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true
 # Ports: nchan 8091 (HTTP/1.1, streams and publishing) and 8444 (TLS,
 # HTTP/2); Caddy 8092 (HTTP/1.1, bench/caddy.Caddyfile) or 8443 (TLS, TCP
 # and UDP, bench/caddy-tls.Caddyfile), admin 2998 for both; go-h2 8445
-# (TLS) and 8095 (publishing).
-nginx_pid="" caddy_pid="" goh2_pid=""
+# (TLS) and 8095 (publishing); caddy-floor 8446 (TLS) and 8096
+# (publishing), admin 2996.
+nginx_pid="" caddy_pid="" goh2_pid="" floor_pid=""
 # wait_until WHAT LOG COMMAND...: retries COMMAND for 10 s, or fails
 # showing LOG.
 wait_until() {
@@ -101,12 +106,18 @@ start_goh2() {
 	goh2_pid=$!
 	wait_until go-h2 "$work/goh2.log" tls_ready 8445
 }
+start_caddyfloor() {
+	XDG_DATA_HOME="$work/caddyfloor-data" "$work/caddyfloor" run --config bench/caddy-floor.Caddyfile \
+		--adapter caddyfile >"$work/caddyfloor.log" 2>&1 &
+	floor_pid=$!
+	wait_until caddy-floor "$work/caddyfloor.log" tls_ready 8446
+}
 stop_servers() {
 	local pid
-	for pid in "$caddy_pid" "$nginx_pid" "$goh2_pid"; do
+	for pid in "$caddy_pid" "$nginx_pid" "$goh2_pid" "$floor_pid"; do
 		[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
 	done
-	caddy_pid="" nginx_pid="" goh2_pid=""
+	caddy_pid="" nginx_pid="" goh2_pid="" floor_pid=""
 }
 # ssebench sums a pid's descendants, so nginx's master pid counts its
 # worker, where nchan does its work.
@@ -128,6 +139,7 @@ caddy_h1=(-stream http://127.0.0.1:8092/ -publisher admin -publish http://localh
 caddy_h2=(-proto h2 -stream https://localhost:8443/ -publisher admin -publish http://localhost:2998/sse/broadcast -channel bench)
 caddy_h3=(-proto h3 -stream https://localhost:8443/ -publisher admin -publish http://localhost:2998/sse/broadcast -channel bench)
 goh2_h2=(-proto h2 -stream https://localhost:8445/ -publisher nchan -publish http://127.0.0.1:8095/)
+floor_h2=(-proto h2 -stream https://localhost:8446/ -publisher nchan -publish http://127.0.0.1:8096/)
 
 # Each workload starts its servers afresh, and measures each server once,
 # so that every figure comes from a process that served nothing before.
@@ -151,9 +163,11 @@ run_h2() { # name
 	start_nchan
 	start_caddy bench/caddy-tls.Caddyfile
 	start_goh2
+	start_caddyfloor
 	bench "nchan h2 $1" "$(nchan_worker)" "${nchan_h2[@]}"
 	bench "caddy h2 $1" "$caddy_pid" "${caddy_h2[@]}"
 	bench "go-h2 h2 $1" "$goh2_pid" "${goh2_h2[@]}"
+	bench "caddy-floor h2 $1" "$floor_pid" "${floor_h2[@]}"
 	stop_servers
 }
 run_h3() { # name

@@ -1,8 +1,9 @@
 """Prints bench/compare.sh's results as Markdown tables, one pair per
 protocol: each server's figures, then ratios. Over HTTP/1.1 and HTTP/2 the
-ratios are of nchan's figures from the same run (and over HTTP/2, Caddy's
-of go-h2's too, Go's own HTTP/2 server alone); over HTTP/3, which nchan does
-not serve, of Caddy's over HTTP/2 in the same run.
+ratios are of nchan's figures from the same run (and over HTTP/2, of the
+floors too: go-h2, Go's own HTTP/2 server alone, and caddy-floor, the least
+a handler inside Caddy can do); over HTTP/3, which nchan does not serve, of
+Caddy's over HTTP/2 in the same run.
 
 A label is "<server> <workload>"; h2 and h3 workloads are named
 "h2 <name>" and "h3 <name>", h1's by their name alone."""
@@ -33,8 +34,9 @@ SECTIONS = {
            [("nchan", ""), ("caddy", ""), ("caddy-flush5ms", "")],
            [("caddy", "", "nchan", ""), ("caddy-flush5ms", "", "nchan", "")]),
     "h2": ("HTTP/2 over TLS, one TLS connection per client",
-           [("nchan", "h2 "), ("caddy", "h2 "), ("go-h2", "h2 ")],
-           [("caddy", "h2 ", "nchan", "h2 "), ("go-h2", "h2 ", "nchan", "h2 "), ("caddy", "h2 ", "go-h2", "h2 ")]),
+           [("nchan", "h2 "), ("caddy", "h2 "), ("go-h2", "h2 "), ("caddy-floor", "h2 ")],
+           [("caddy", "h2 ", "nchan", "h2 "), ("go-h2", "h2 ", "nchan", "h2 "),
+            ("caddy-floor", "h2 ", "go-h2", "h2 "), ("caddy", "h2 ", "caddy-floor", "h2 ")]),
     "h3": ("HTTP/3 over QUIC, one QUIC connection per client, against Caddy over HTTP/2",
            [("caddy", "h3 "), ("caddy", "h2 ")],
            [("caddy", "h3 ", "caddy", "h2 ")]),
@@ -57,7 +59,7 @@ for w in workloads:
 # Caddy over h2 alone is h3's reference, run for it when h2 was not asked
 # for: it shows in h3's table.
 if "h2" in names and not any(by_label.get(f"{server} h2 {name}")
-                             for server in ("nchan", "go-h2") for name in names["h2"]):
+                             for server in ("nchan", "go-h2", "caddy-floor") for name in names["h2"]):
     del names["h2"]
 
 first = True
