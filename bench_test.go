@@ -36,7 +36,7 @@ func subscribed(n int) (*broadcaster, []*subscriber) {
 	subs := make([]*subscriber, n)
 	for i := range subs {
 		subs[i] = newSubscriber([]string{"bench"}, DefaultMaxQueue, DefaultMaxQueueBytes)
-		b.subscribe(subs[i], resumeRequest{})
+		b.subscribe(subs[i], &resumeRequest{})
 	}
 	return b, subs
 }

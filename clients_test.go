@@ -224,7 +224,7 @@ func TestConcurrentKicksOfOneClientFindItOnce(t *testing.T) {
 	defer b.Destruct()
 	for round := range 2000 {
 		s := newSubscriber([]string{"room"}, 10, 1<<20)
-		require.NoError(t, b.subscribe(s, resumeRequest{}))
+		require.NoError(t, b.subscribe(s, &resumeRequest{}))
 		var found atomic.Int32
 		var wg sync.WaitGroup
 		start := make(chan struct{})

@@ -327,45 +327,121 @@ func (h *Handler) Validate() error {
 }
 
 // ServeHTTP holds the client's stream open and writes it the channel's
-// events as they are published.
+// events as they are published. A stream the server keeps waits in here,
+// in keptStream.run, for its whole life: ServeHTTP and the functions the
+// stream calls while it lives keep their frames small, what only starting
+// a stream needs is done in functions that return before it waits, and
+// the first write, which goes deepest, is made from here (see keptStream
+// for why).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	ks, err := h.open(w, r)
+	if ks == nil {
+		return err
+	}
+	defer ks.finish()
+	if ks.err = ks.writeOpening(ks.opening); ks.err == nil {
+		ks.err = ks.run()
+	}
+	return nil
+}
+
+// open answers a request that gets no stream, or starts its client's
+// stream. Only a stream that the handler keeps comes back, for ServeHTTP
+// to run and finish; one whose connection is taken over goes on without
+// the handler.
+func (h *Handler) open(w http.ResponseWriter, r *http.Request) (*keptStream, error) {
+	sub, err := h.admit(w, r)
+	if sub == nil {
+		return nil, err
+	}
+	h.prepareConn(r)
+	ks := newKeptStream(h, w, r, sub)
+	// Until the stream is handed back, open lets it go itself, even when
+	// starting it ends in a panic that closes the connection.
+	kept := false
+	defer func() {
+		if !kept {
+			ks.finish()
+		}
+	}()
+	kept = ks.start(w, r)
+	if !kept {
+		return nil, nil
+	}
+	return ks, nil
+}
+
+// admit attaches the client of a stream request to its channels, or
+// answers the request when it gets no stream: a wrong method, channels it
+// may not have, no room for another client, or a server that is stopping.
+// It returns no subscriber when it answered. Attaching a client goes
+// deepest of all a stream does, so the answers are written by functions of
+// their own, off that path.
+func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (*subscriber, error) {
 	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		return caddyhttp.Error(http.StatusMethodNotAllowed,
-			fmt.Errorf("method %s not allowed: event streams answer GET only", r.Method))
+		return nil, refuseMethod(w, r)
 	}
-
 	channels, err := h.channelsOf(r)
-	if refused := (*channelError)(nil); errors.As(err, &refused) {
-		h.logger.Debug("refused stream", zap.Int("status", refused.status), zap.Error(err))
-		refused.write(w)
-		return nil
+	if err != nil {
+		return nil, h.refuseChannels(w, err)
 	}
-
 	if n := h.clients.Add(1); h.MaxClients > 0 && n > int64(h.MaxClients) {
 		h.clients.Add(-1)
 		h.app.broadcaster.rejected.Add(1)
-		return h.refuse(w, r, errTooManyClients)
+		return nil, h.refuse(w, r, errTooManyClients)
 	}
-	// A stream whose connection is taken over outlives this call: it lets
-	// go of its place when it ends.
-	takenOver := false
+	// Once attached, the stream lets go of its place when it ends.
+	attached := false
 	defer func() {
-		if !takenOver {
+		if !attached {
 			h.clients.Add(-1)
 		}
 	}()
+	opts := h.streamOptions(r)
+	sub, err := h.app.attach(channels, &opts)
+	if err != nil {
+		return nil, h.refuseAttach(w, r, channels, err)
+	}
+	attached = true
+	return sub, nil
+}
 
+// streamOptions are what the handler and r ask of a new stream.
+func (h *Handler) streamOptions(r *http.Request) streamOptions {
 	opts := streamOptions{
 		maxQueue: h.MaxQueue, maxQueueBytes: h.MaxQueueBytes, nameByChannel: h.NameByChannel,
 		remoteAddr: r.RemoteAddr, start: resumeRequest{backlog: h.Backlog},
+		drain: time.Duration(h.Drain),
 	}
 	opts.start.lastEventID, opts.start.given = lastEventID(r)
 	if !h.NoReset {
 		opts.start.resetEvent = h.ResetEvent
 	}
-	opts.drain = time.Duration(h.Drain)
-	sub, err := h.app.attach(channels, opts)
+	return opts
+}
+
+// refuseMethod answers a request that is not a GET.
+func refuseMethod(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Allow", http.MethodGet)
+	return caddyhttp.Error(http.StatusMethodNotAllowed,
+		fmt.Errorf("method %s not allowed: event streams answer GET only", r.Method))
+}
+
+// refuseChannels answers a request whose channels cannot be served, with
+// channelsOf's status and message.
+func (h *Handler) refuseChannels(w http.ResponseWriter, err error) error {
+	refused := (*channelError)(nil)
+	if !errors.As(err, &refused) {
+		return err
+	}
+	h.logger.Debug("refused stream", zap.Int("status", refused.status), zap.Error(err))
+	refused.write(w)
+	return nil
+}
+
+// refuseAttach answers a request whose client the broadcaster did not
+// attach.
+func (h *Handler) refuseAttach(w http.ResponseWriter, r *http.Request, channels []string, err error) error {
 	if errors.Is(err, errStopping) {
 		// A stream that ends at once makes a browser reconnect, to the
 		// next config; a 503 would make EventSource give up for good.
@@ -377,44 +453,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		refusal(http.StatusBadRequest, fmt.Errorf("channels %q: %w", channels, err)).write(w)
 		return nil
 	}
-	if err != nil {
-		if errors.Is(err, errTooManyChannels) {
-			// max_clients refusals are counted where they are made.
-			h.app.broadcaster.rejected.Add(1)
-		}
-		return h.refuse(w, r, err)
+	if errors.Is(err, errTooManyChannels) {
+		// max_clients refusals are counted where they are made.
+		h.app.broadcaster.rejected.Add(1)
 	}
-	defer func() {
-		if !takenOver {
-			h.app.detach(sub)
-		}
-	}()
-
-	h.prepareConn(r)
-	// Runs before Caddy writes the access log entry, even when the
-	// stream ends in a panic that closes the connection.
-	defer noteEventsSent(r, sub)
-
-	err = h.stream(w, r, sub)
-	if errors.Is(err, errTakenOver) {
-		takenOver = true
-		if ended := sub.conn.ended; ended != nil {
-			<-ended
-		}
-		return nil
-	}
-	if errors.Is(err, errDisconnect) {
-		// The stream's writes were cut for good: over HTTP/1 the
-		// connection closes rather than carry another request (a client
-		// too slow for its stream is too slow for that too), over HTTP/2
-		// the stream is reset. Returning, rather than panicking, lets
-		// Caddy log the request with its duration.
-		return nil
-	}
-	if err != nil {
-		h.logger.Debug("stream ended", zap.Strings("channels", channels), zap.Error(err))
-	}
-	return nil
+	return h.refuse(w, r, err)
 }
 
 // noteEventsSent adds the number of events the stream sent to the request's
@@ -467,134 +510,6 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, reason error) e
 	w.WriteHeader(http.StatusServiceUnavailable)
 	_, err := fmt.Fprintf(w, "%s: try again later\n", reason)
 	return err
-}
-
-// stream writes the open, then the subscriber's events, until the client
-// leaves or the broadcaster drops the subscriber. Its error says why a write
-// failed; the response is already under way, so it is only logged.
-func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *subscriber) error {
-	// The server's idle timeouts (read_body_idle, write_idle, idle) let a
-	// stream live as long as its writes make progress. Its hard timeouts
-	// (read_body, write) bound the whole response, as the user asked, and
-	// Caddy lets no handler loosen them: the README says to leave them
-	// unset on servers that carry streams.
-	watchdog := newWriteWatchdog(w, r, h.streamWriteTimeout())
-	silenceIdleDeadlines(w)
-	sub.setCutter(watchdog)
-	takenOver := false
-	defer func() {
-		if !takenOver {
-			sub.setCutter(nil)
-		}
-		watchdog.close()
-	}()
-	out := &streamWriter{w: w, rc: http.NewResponseController(w), watchdog: watchdog}
-
-	h.writeHeader(w, r)
-
-	// The first bytes go out at once, so that the client sees the stream
-	// open: handlers that wrap the response, such as encode, hold the
-	// headers back until the first write. What the client missed while
-	// away follows in the same flush.
-	frames := [][]byte{h.openingLine()}
-	if h.Greeting {
-		frames = append(frames, greeting(sub))
-	}
-	frames = append(frames, sub.replay...)
-	sub.replay = nil
-	if err := out.write(frames); err != nil {
-		return h.writeFailed(sub, r, err, watchdog)
-	}
-	sub.mu.Lock()
-	sub.sent += len(frames) - 1 // the opening line is no event
-	sub.mu.Unlock()
-	if h.takeOver(w, r, sub) {
-		// The connection's own deadlines bound the stream from now on.
-		takenOver = true
-		return errTakenOver
-	}
-
-	// A keep-alive goes after KeepAlive without a write. The timer is
-	// not moved on by every write, which would cost a timer reset per
-	// event: when it fires, it is set again for what is left of the
-	// interval since the last write.
-	var keepAlive <-chan time.Time
-	var keepAliveTimer *time.Timer
-	if h.KeepAlive > 0 {
-		keepAliveTimer = time.NewTimer(time.Duration(h.KeepAlive))
-		defer keepAliveTimer.Stop()
-		keepAlive = keepAliveTimer.C
-	}
-	lastWrite := time.Now()
-
-	// Flushes are at least FlushInterval apart: events that arrive sooner
-	// wait for the held flush and share its write, so that under a high
-	// publish rate a client costs one system call per interval rather than
-	// one per event, and an event that follows a quiet spell goes at once.
-	var held <-chan time.Time
-	var holdTimer *time.Timer
-	if h.FlushInterval > 0 {
-		holdTimer = time.NewTimer(unarmed)
-		defer holdTimer.Stop()
-	}
-
-	var spare [][]byte
-	flush := func() error {
-		spare = sub.take(spare)
-		if err := out.write(spare); err != nil {
-			return h.writeFailed(sub, r, err, watchdog)
-		}
-		lastWrite = time.Now()
-		return nil
-	}
-	clientGone := r.Context().Done()
-	for {
-		select {
-		case <-clientGone:
-			// Marked before the stream lets go of its place, so that a
-			// shutdown under way does not count it.
-			h.app.broadcaster.drop(sub, dropClientLeft)
-			return nil
-		case <-sub.gone:
-			if reason := sub.dropReason(); reason != dropShutdown {
-				if reason != dropClientLeft {
-					h.logDisconnect(sub, r, reason)
-				}
-				watchdog.abort()
-				return errDisconnect
-			}
-			return h.endForShutdown(r, sub, out)
-		case <-sub.wake:
-			if held != nil {
-				continue // the held flush takes this event too
-			}
-			if holdTimer != nil {
-				if wait := time.Duration(h.FlushInterval) - time.Since(lastWrite); wait > 0 {
-					holdTimer.Reset(wait)
-					held = holdTimer.C
-					continue
-				}
-			}
-			if err := flush(); err != nil {
-				return err
-			}
-		case <-held:
-			held = nil
-			if err := flush(); err != nil {
-				return err
-			}
-		case <-keepAlive:
-			if quiet := time.Since(lastWrite); quiet < time.Duration(h.KeepAlive) {
-				keepAliveTimer.Reset(time.Duration(h.KeepAlive) - quiet)
-				continue
-			}
-			if err := out.write(keepAliveFrames); err != nil {
-				return h.writeFailed(sub, r, err, watchdog)
-			}
-			lastWrite = time.Now()
-			keepAliveTimer.Reset(time.Duration(h.KeepAlive))
-		}
-	}
 }
 
 // endForShutdown writes what was queued before a stream ended for a
@@ -708,43 +623,64 @@ type streamWriter struct {
 // goes out in as few writes as the response buffer allows. The write
 // timeout bounds progress, not the whole batch: it starts again with every
 // deadlineStride bytes, so a long backlog to a client that reads steadily
-// is not cut, and a client that stops taking bytes is.
-func (sw *streamWriter) write(frames [][]byte) error {
+// is not cut, and a client that stops taking bytes is. It is one function,
+// its errors wrapped by another, to keep the stream's deepest path short
+// (see keptStream).
+func (sw *streamWriter) write(frames [][]byte) (err error) {
 	if len(frames) == 0 {
 		return nil
 	}
 	if err := sw.watchdog.begin(); err != nil {
-		return fmt.Errorf("writing events: %w", err)
+		return writeError("writing events", err)
 	}
-	err := sw.writeFrames(frames)
-	if cut := sw.watchdog.end(); cut != nil {
-		// The write's own error only says that the stream was broken.
-		return fmt.Errorf("writing events: %w", cut)
-	}
-	return err
-}
-
-func (sw *streamWriter) writeFrames(frames [][]byte) error {
 	sinceProgress := 0
 	for _, frame := range frames {
-		for len(frame) > 0 {
+		for len(frame) > 0 && err == nil {
 			if sinceProgress >= deadlineStride {
 				sw.watchdog.progress()
 				sinceProgress = 0
 			}
 			// A large event goes out in pieces, each with its time.
 			piece := frame[:min(len(frame), deadlineStride)]
-			if _, err := sw.w.Write(piece); err != nil {
-				return fmt.Errorf("writing events: %w", err)
+			if _, err = sw.w.Write(piece); err != nil {
+				err = writeError("writing events", err)
 			}
 			sinceProgress += len(piece)
 			frame = frame[len(piece):]
 		}
 	}
-	if err := sw.rc.Flush(); err != nil {
-		return fmt.Errorf("flushing events: %w", err)
+	if err == nil {
+		if err = sw.rc.Flush(); err != nil {
+			err = writeError("flushing events", err)
+		}
+	}
+	if cut := sw.watchdog.end(); cut != nil {
+		// The write's own error only says that the stream was broken.
+		return writeError("writing events", cut)
+	}
+	return err
+}
+
+// flushHeaders sends the response's headers, watched as a write is.
+func (sw *streamWriter) flushHeaders() error {
+	if err := sw.watchdog.begin(); err != nil {
+		return writeError("sending headers", err)
+	}
+	err := sw.rc.Flush()
+	if cut := sw.watchdog.end(); cut != nil {
+		return writeError("sending headers", cut)
+	}
+	if err != nil {
+		return writeError("sending headers", err)
 	}
 	return nil
+}
+
+// writeError is err, said to have happened doing what.
+//
+//go:noinline
+func writeError(what string, err error) error {
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // deadlineStride is how many bytes one write timeout covers.

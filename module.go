@@ -374,7 +374,7 @@ type streamOptions struct {
 }
 
 // attach subscribes a new stream to its channels.
-func (a *App) attach(channels []string, opts streamOptions) (*subscriber, error) {
+func (a *App) attach(channels []string, opts *streamOptions) (*subscriber, error) {
 	b := a.broadcaster
 	if n := b.connected.Add(1); a.MaxClients > 0 && n > int64(a.MaxClients) {
 		b.connected.Add(-1)
@@ -393,7 +393,7 @@ func (a *App) attach(channels []string, opts streamOptions) (*subscriber, error)
 	}
 	cs.open[s] = opts.drain
 	cs.mu.Unlock()
-	if err := b.subscribe(s, opts.start); err != nil {
+	if err := b.subscribe(s, &opts.start); err != nil {
 		a.detach(s)
 		return nil, err
 	}

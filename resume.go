@@ -49,7 +49,7 @@ type keptEvent struct {
 // first. Under orderMu, no event is numbered meanwhile: the events taken
 // from the windows and the live ones that follow meet with no gap and no
 // duplicate, and all of them in id order.
-func (b *broadcaster) subscribe(s *subscriber, req resumeRequest) error {
+func (b *broadcaster) subscribe(s *subscriber, req *resumeRequest) error {
 	limits := b.limits.Load()
 	for _, name := range s.channels {
 		if err := limits.checkChannel(name); err != nil {
@@ -61,10 +61,24 @@ func (b *broadcaster) subscribe(s *subscriber, req resumeRequest) error {
 	if err := b.checkRoomFor(s.channels, limits); err != nil {
 		return err
 	}
+	kept, lost := b.join(s, limits)
+	b.setReplay(s, kept, lost, req)
+	b.clientsMu.Lock()
+	b.clients[s.id] = s
+	b.clientsMu.Unlock()
+	return nil
+}
 
+// join adds s to each of its channels, and returns what their windows keep
+// that the limits let it be sent, in id order, and how many events each
+// let go. orderMu is held.
+//
+// It is apart from subscribe, and setReplay too, because a stream's
+// handler starts here, parked later in a shallower place: the frames on
+// this path decide how large a stack it keeps (see keptStream).
+func (b *broadcaster) join(s *subscriber, limits *broadcastLimits) (kept []keptEvent, lost []uint64) {
 	now := time.Now()
-	var kept []keptEvent
-	lost := make([]uint64, len(s.channels))
+	lost = make([]uint64, len(s.channels))
 	s.memberships = make([]membership, len(s.channels))
 	for i, name := range s.channels {
 		// The room was checked above, under orderMu, which every
@@ -91,8 +105,13 @@ func (b *broadcaster) subscribe(s *subscriber, req resumeRequest) error {
 		}
 		return 0
 	})
+	return kept, lost
+}
 
-	first, reset := b.startOf(kept, lost, s.channels, req)
+// setReplay sets what s is sent first, of what its channels kept: what
+// req asks for, after a reset event when they cannot give all of it.
+func (b *broadcaster) setReplay(s *subscriber, kept []keptEvent, lost []uint64, req *resumeRequest) {
+	first, reset := b.startOf(kept, lost, s.channels, *req)
 	if reset != nil && req.resetEvent != "" {
 		s.replay = append(s.replay, reset.encode(req.resetEvent))
 	}
@@ -104,11 +123,6 @@ func (b *broadcaster) subscribe(s *subscriber, req resumeRequest) error {
 		s.replay = append(s.replay, frame)
 	}
 	b.replayed.Add(uint64(len(first)))
-
-	b.clientsMu.Lock()
-	b.clients[s.id] = s
-	b.clientsMu.Unlock()
-	return nil
 }
 
 // checkRoomFor refuses a stream whose channels would make more new
