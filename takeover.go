@@ -1,7 +1,6 @@
 package ssebroadcast
 
 import (
-	"errors"
 	"math"
 	"net/http"
 	"syscall"
@@ -9,10 +8,6 @@ import (
 
 	"go.uber.org/zap"
 )
-
-// errTakenOver ends a stream's handler once its connection is taken over:
-// the stream goes on without it.
-var errTakenOver = errors.New("connection taken over")
 
 // mayTakeOver reports whether the stream of r is one the handler takes
 // over after its headers: an HTTP/1 stream, with takeover on. HTTP/2 and
