@@ -19,9 +19,14 @@ import (
 // Between writes no deadline is armed at all. On HTTP/2 a write deadline is
 // a timer that resets the stream when it fires, whether a write is in
 // flight or not, so a deadline left armed after a write cuts a stream that
-// is merely quiet. The watchdog's own timer is armed only while a write is
-// in flight, and arming it is a runtime timer's reset, where HTTP/2's
-// SetWriteDeadline is a round trip to the connection's goroutine.
+// is merely quiet. The watchdog's own timer only looks: when it fires with
+// no write in flight it does nothing and is left unarmed, and a write that
+// finds it armed for an earlier deadline leaves it be, since the fire moves
+// it on to the write's own. So a stream that writes often resets its timer
+// about once per write timeout, not once per write: a timer reset and stop
+// per write were 3 % of HTTP/3's CPU at the maximum rate. Either is still
+// far cheaper than HTTP/2's SetWriteDeadline, a round trip to the
+// connection's goroutine.
 type writeWatchdog struct {
 	// rc controls the server's own response writer, below Caddy's
 	// wrappers: theirs keep state that only the handler's goroutine may
@@ -39,6 +44,10 @@ type writeWatchdog struct {
 	mu       sync.Mutex
 	writing  bool      // a write is in flight
 	deadline time.Time // the write in flight's; zero: none
+	// armed says that the timer will fire, at due or, when a fire is
+	// under way, as soon as it has the lock.
+	armed bool
+	due   time.Time
 	// limit is when the last writes of a stream ended for a shutdown must
 	// be done; zero: no such limit.
 	limit time.Time
@@ -129,13 +138,13 @@ func (wd *writeWatchdog) progress() {
 }
 
 // end ends a write, and returns why writes were cut, if they were: the
-// write's own error then says only that the stream is broken.
+// write's own error then says only that the stream is broken. The timer
+// stays as it is: if it fires before the next write, it finds none.
 func (wd *writeWatchdog) end() error {
 	wd.mu.Lock()
 	defer wd.mu.Unlock()
 	wd.writing = false
 	wd.deadline = time.Time{}
-	wd.timer.Stop()
 	return wd.cut
 }
 
@@ -150,11 +159,18 @@ func (wd *writeWatchdog) armLocked() {
 		deadline = wd.limit
 	}
 	wd.deadline = deadline
-	if deadline.IsZero() {
-		wd.timer.Stop()
+	if !deadline.IsZero() {
+		wd.fireByLocked(deadline)
+	}
+}
+
+// fireByLocked makes the timer fire no later than at.
+func (wd *writeWatchdog) fireByLocked(at time.Time) {
+	if wd.armed && !at.Before(wd.due) {
 		return
 	}
-	wd.timer.Reset(time.Until(deadline))
+	wd.armed, wd.due = true, at
+	wd.timer.Reset(time.Until(at))
 }
 
 // fire runs on the timer's goroutine when a write's deadline may have
@@ -162,11 +178,12 @@ func (wd *writeWatchdog) armLocked() {
 func (wd *writeWatchdog) fire() {
 	wd.mu.Lock()
 	defer wd.mu.Unlock()
+	wd.armed = false
 	if wd.closed || !wd.writing || wd.deadline.IsZero() {
-		return // the write ended meanwhile
+		return // no write, or none with a time limit: the next arms it
 	}
-	if wait := time.Until(wd.deadline); wait > 0 {
-		wd.timer.Reset(wait) // a fire from before the write moved on
+	if time.Now().Before(wd.deadline) {
+		wd.fireByLocked(wd.deadline) // armed for a write before this one
 		return
 	}
 	if wd.cut == nil {
@@ -209,7 +226,7 @@ func (wd *writeWatchdog) cutLocked() {
 	_ = wd.rc.SetWriteDeadline(now) // unsupported: nothing can cut the write
 	wd.deadline = now
 	if wd.recut {
-		wd.timer.Reset(cutRetry)
+		wd.fireByLocked(now.Add(cutRetry))
 	}
 }
 
