@@ -5,6 +5,7 @@ package ssebroadcast
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -160,6 +161,49 @@ func TestDeletingAClientDisconnectsItAndCountsIt(t *testing.T) {
 
 	ts.mustBroadcast(`{"channel":"room","data":"still on"}`)
 	assert.Equal(t, "still on", stays.next().Data)
+}
+
+// A client deleted while its stream waits for nothing to write, or while
+// it holds a flush back (flush_interval), has its stream ended at once on
+// every protocol, with no event or write to end it.
+func TestDeletingAQuietClientEndsItsStreamOnEveryProtocol(t *testing.T) {
+	for _, proto := range streamProtocols {
+		for _, held := range []bool{false, true} {
+			name := proto.name + ", quiet"
+			flushInterval := "0"
+			if held {
+				// Long enough that the stream's end can only have come
+				// from the delete, not from the held flush.
+				name, flushInterval = proto.name+", holding a flush", "1m"
+			}
+			t.Run(name, func(t *testing.T) {
+				ts, url := startCaddyOn(t, proto.tls, fmt.Sprintf(`keepalive off
+		greeting
+		flush_interval %s
+		takeover %s`, flushInterval, proto.takeover))
+				s := openStream(t, &http.Client{Transport: proto.transport(t)}, url)
+				require.Equal(t, proto.wantMajor, s.resp.ProtoMajor)
+				id := greetingOf(t, s)
+				if held {
+					// A kept stream holds what follows its greeting; the
+					// writers of a taken-over one start holding after
+					// the first event they write, which goes at once.
+					ts.mustBroadcast(`{"data":"first"}`)
+					if proto.takeover == "on" && proto.wantMajor == 1 {
+						require.Equal(t, "first", s.next().Data)
+					}
+					ts.mustBroadcast(`{"data":"held back"}`)
+				}
+
+				res := ts.adminRequest(http.MethodDelete, "/sse/clients/"+id, "", nil)
+				require.Equal(t, http.StatusOK, res.status, "%s", res.body)
+				s.awaitEnd()
+				require.Eventually(t, func() bool { return ts.stats().Clients == 0 }, awaitTimeout, 5*time.Millisecond)
+				assert.Equal(t, uint64(1), ts.stats().Disconnects.Kicked)
+				assert.NotContains(t, s.raw.String(), "held back", "a deleted client's queue is not written")
+			})
+		}
+	}
 }
 
 func TestOfConcurrentDeletesOfOneClientExactlyOneSucceeds(t *testing.T) {

@@ -147,21 +147,24 @@ func (ks *keptStream) run() error {
 			// shutdown under way does not count it.
 			ks.h.app.broadcaster.drop(ks.sub, dropClientLeft)
 			return nil
-		case <-ks.sub.gone:
-			return ks.dropped()
 		case <-ks.sub.wake:
+			// An event, or the broadcaster dropping the stream, which
+			// flush finds where it takes the queue.
 			if held != nil {
+				if ks.sub.dropReason() != notDropped {
+					return ks.dropped()
+				}
 				continue // the held flush takes this event too
 			}
 			if held = ks.hold(); held != nil {
 				continue
 			}
-			if err := ks.flush(); err != nil {
+			if ended, err := ks.flush(); ended {
 				return err
 			}
 		case <-held:
 			held = nil
-			if err := ks.flush(); err != nil {
+			if ended, err := ks.flush(); ended {
 				return err
 			}
 		case <-keepAlive:
@@ -189,14 +192,18 @@ func (ks *keptStream) hold() <-chan time.Time {
 	return ks.holdTimer.C
 }
 
-// flush writes all that is queued.
-func (ks *keptStream) flush() error {
-	ks.spare = ks.sub.take(ks.spare)
+// flush writes all that is queued, or ends the stream if the broadcaster
+// dropped it: it reports whether the stream ended, and why.
+func (ks *keptStream) flush() (ended bool, err error) {
+	var dropped bool
+	if ks.spare, dropped = ks.sub.takeUnlessDropped(ks.spare); dropped {
+		return true, ks.dropped()
+	}
 	if err := ks.out.write(ks.spare); err != nil {
-		return ks.h.writeFailed(ks.sub, ks.r, err, ks.out.watchdog)
+		return true, ks.h.writeFailed(ks.sub, ks.r, err, ks.out.watchdog)
 	}
 	ks.lastWrite = time.Now()
-	return nil
+	return false, nil
 }
 
 // keepAliveDue writes a keep-alive after KeepAlive without a write. The

@@ -75,10 +75,11 @@ type subscriber struct {
 
 	// wake has room for one signal: a publisher that finds it full knows
 	// the writer has not yet taken what is queued, and the writer takes
-	// everything when it wakes, so one pending signal is enough.
+	// everything when it wakes, so one pending signal is enough. A drop
+	// signals it too, and the writer finds the drop where it takes the
+	// queue (takeUnlessDropped): a stream's loop then waits on one channel
+	// of the broadcaster's, not two.
 	wake chan struct{}
-	// gone is closed when the broadcaster drops the subscriber.
-	gone chan struct{}
 
 	mu          sync.Mutex
 	queue       [][]byte
@@ -148,7 +149,6 @@ func newSubscriber(channels []string, maxEvents, maxBytes int) *subscriber {
 		maxEvents: maxEvents,
 		maxBytes:  maxBytes,
 		wake:      make(chan struct{}, 1),
-		gone:      make(chan struct{}),
 	}
 }
 
@@ -190,12 +190,16 @@ func (s *subscriber) enqueue(frame []byte) enqueueOutcome {
 		return outcome
 	}
 	s.mu.Unlock()
+	s.signal()
+	return enqueued
+}
 
+// signal wakes the subscriber's stream, unless a wake-up is already due.
+func (s *subscriber) signal() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
-	return enqueued
 }
 
 // take swaps the queue for spare (emptied for reuse) and returns what was
@@ -203,11 +207,28 @@ func (s *subscriber) enqueue(frame []byte) enqueueOutcome {
 func (s *subscriber) take(spare [][]byte) [][]byte {
 	clear(spare)
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.swapQueueLocked(spare)
+}
+
+// takeUnlessDropped is take for a stream's loop: once the broadcaster has
+// dropped the subscriber it takes nothing, and says so.
+func (s *subscriber) takeUnlessDropped(spare [][]byte) (frames [][]byte, dropped bool) {
+	clear(spare)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dropped != notDropped {
+		return spare[:0], true
+	}
+	return s.swapQueueLocked(spare), false
+}
+
+// swapQueueLocked returns the queue, and makes spare the queue.
+func (s *subscriber) swapQueueLocked(spare [][]byte) [][]byte {
 	frames := s.queue
 	s.queue = spare[:0]
 	s.queuedBytes = 0
 	s.sent += len(frames)
-	s.mu.Unlock()
 	return frames
 }
 
@@ -241,9 +262,10 @@ func (s *subscriber) dropLocked(reason dropReason) bool {
 			s.cutter.interrupt()
 		}
 	}
-	close(s.gone)
-	if s.conn != nil && !s.scheduled {
-		// A writer closes the connection and ends the stream; one that
+	s.signal()
+	if s.conn != nil && (!s.scheduled || s.conn.cancelHoldLocked()) {
+		// A writer closes the connection and ends the stream, at once
+		// rather than after a flush interval that holds it; one that
 		// owns the subscriber now finds the drop when it is done.
 		s.scheduled = true
 		s.conn.writers.scheduleOne(s)

@@ -149,7 +149,10 @@ type takenConn struct {
 	// holdTimer ends each wait.
 	flushInterval time.Duration
 	holdTimer     *time.Timer
-	keepAlive     time.Duration
+	// holding is set while the hold owns the subscriber, until holdOver
+	// or a drop ends it; guarded by sub.mu.
+	holding   bool
+	keepAlive time.Duration
 	// keepAliveTimer sends a comment once the stream has been quiet for
 	// keepAlive; nil when keep-alives are off.
 	keepAliveTimer *time.Timer
@@ -219,17 +222,33 @@ func (tc *takenConn) writeQueued(w *socketWriter) {
 	case tc.flushInterval > 0:
 		// Keep the subscriber for the interval: what is published
 		// meanwhile waits, and shares the next write.
+		tc.holdLocked()
 		s.mu.Unlock()
-		tc.hold()
 	default:
 		s.scheduled = false
 		s.mu.Unlock()
 	}
 }
 
-// hold keeps the subscriber, without a writer, for the flush interval.
-func (tc *takenConn) hold() {
+// holdLocked keeps the subscriber, without a writer, for the flush
+// interval. Called with the subscriber's lock held.
+func (tc *takenConn) holdLocked() {
+	tc.holding = true
 	tc.holdTimer.Reset(tc.flushInterval)
+}
+
+// cancelHoldLocked ends a hold early, for a drop, and reports whether there
+// was one: the subscriber is then the caller's to hand to a writer. Called
+// with the subscriber's lock held.
+func (tc *takenConn) cancelHoldLocked() bool {
+	if !tc.holding {
+		return false
+	}
+	tc.holding = false
+	// A holdOver already under way finds no hold, and leaves the
+	// subscriber alone.
+	tc.holdTimer.Stop()
+	return true
 }
 
 // holdOver ends a hold: what was queued meanwhile goes to a writer, and a
@@ -237,6 +256,11 @@ func (tc *takenConn) hold() {
 func (tc *takenConn) holdOver() {
 	s := tc.sub
 	s.mu.Lock()
+	if !tc.holding {
+		s.mu.Unlock()
+		return // a drop ended the hold first
+	}
+	tc.holding = false
 	if len(s.queue) == 0 && s.dropped == notDropped {
 		s.scheduled = false
 		s.mu.Unlock()
@@ -329,8 +353,8 @@ func (tc *takenConn) writeBlocking(pending []byte) {
 		pending = s.takeLocked(pending[:0], writeLimit)
 		if len(pending) == 0 {
 			if s.dropped == notDropped && tc.flushInterval > 0 {
+				tc.holdLocked()
 				s.mu.Unlock()
-				tc.hold()
 				return
 			}
 			tc.releaseLocked()
