@@ -178,6 +178,7 @@ func TestAReloadEndsStreamsSpreadOverTheDrainWindowAndLosesNoEvent(t *testing.T)
 			go func() { reloaded <- caddy.Load(cfgJSON, true) }()
 		case i == 20:
 			require.NoError(t, <-reloaded)
+			ts.awaitOldSocketsClosed()
 			// The old server's shutdown is under way; it waits for its
 			// HTTP/2 connection.
 			shutdownEnded = watchServerShutdowns()

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-sse/ssebroadcast/internal/sockets"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
@@ -93,11 +94,20 @@ func startCaddy(t testing.TB, caddyfile string) *testServer {
 	return ts
 }
 
-// load adapts and loads a Caddyfile, as a reload does when Caddy runs.
+// load adapts and loads a Caddyfile, as a reload does when Caddy runs, and
+// waits until the old config's sockets are closed, so that a test's next
+// connection cannot be queued on one that closes (see package sockets).
 func (ts *testServer) load(caddyfile string) {
 	ts.t.Helper()
 	cfgJSON := ts.adapt(caddyfile)
 	require.NoError(ts.t, caddy.Load(cfgJSON, true), "loading config")
+	ts.awaitOldSocketsClosed()
+}
+
+// awaitOldSocketsClosed waits until a reload's old sockets have closed.
+func (ts *testServer) awaitOldSocketsClosed() {
+	ts.t.Helper()
+	sockets.AwaitSingleListener(ts.t, awaitTimeout, ts.http, ts.admin)
 }
 
 func (ts *testServer) adapt(caddyfile string) []byte {

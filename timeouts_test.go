@@ -251,6 +251,7 @@ func TestAShutdownEndsAStalledStreamWhateverTheTimeouts(t *testing.T) {
 			case <-time.After(awaitTimeout):
 				require.FailNow(t, "the reload waits on the stalled stream")
 			}
+			ts.awaitOldSocketsClosed()
 			awaitEnd()
 			require.Eventually(t, func() bool { return ts.stats().Clients == 0 }, awaitTimeout, 5*time.Millisecond)
 			t.Logf("the stalled stream ended %s after the reload began", time.Since(began))

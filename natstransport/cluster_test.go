@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-sse/ssebroadcast/internal/sockets"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
@@ -251,6 +252,9 @@ func TestAReloadKeepsOneConsumerPerNodeAndDeliversEachEventOnce(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
+	// A connection the kernel queues on a socket of the old config as it
+	// closes is reset, as package sockets says.
+	sockets.AwaitSingleListener(t, awaitTimeout, a.http, a.admin)
 
 	s := openStream(t, a.url("/"), http.Header{"Last-Event-Id": {"earliest"}})
 	assert.Equal(t, "before the reload", s.next().Data)
