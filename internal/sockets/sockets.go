@@ -12,64 +12,11 @@
 package sockets
 
 import (
-	"bufio"
-	"bytes"
-	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"testing"
 	"time"
 )
-
-// procTables are the kernel's tables of this network namespace's TCP
-// sockets, one line per socket after a header.
-var procTables = []string{"/proc/net/tcp", "/proc/net/tcp6"}
-
-// tcpListen is the state column's value for a listening socket.
-const tcpListen = "0A"
-
-// Listening returns how many TCP sockets listen on port in this network
-// namespace. known is false where the system does not say (no Linux /proc),
-// and the caller has nothing to wait for.
-func Listening(port int) (n int, known bool, err error) {
-	for _, table := range procTables {
-		data, err := os.ReadFile(table)
-		if os.IsNotExist(err) {
-			continue
-		}
-		if err != nil {
-			return 0, false, fmt.Errorf("reading the socket table: %w", err)
-		}
-		known = true
-		count, err := countListening(data, port)
-		if err != nil {
-			return 0, false, fmt.Errorf("%s: %w", table, err)
-		}
-		n += count
-	}
-	return n, known, nil
-}
-
-// countListening counts the listening sockets on port in one table, whose
-// lines read "sl local_address rem_address st ...", local_address being
-// the address and port in hex, as "0100007F:1F90".
-func countListening(table []byte, port int) (int, error) {
-	want := fmt.Sprintf(":%04X", port)
-	n := 0
-	lines := bufio.NewScanner(bytes.NewReader(table))
-	lines.Scan() // the header
-	for lines.Scan() {
-		fields := bytes.Fields(lines.Bytes())
-		if len(fields) < 4 {
-			return 0, fmt.Errorf("malformed line %q", lines.Text())
-		}
-		if bytes.HasSuffix(fields[1], []byte(want)) && string(fields[3]) == tcpListen {
-			n++
-		}
-	}
-	return n, lines.Err()
-}
 
 // AwaitSingleListener waits, up to timeout, until no more than one socket
 // listens on the port of each of addrs ("host:port"), and fails t if one
