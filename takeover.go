@@ -89,9 +89,16 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, sub *subscrib
 	sub.mu.Lock()
 	tc.lastWrite = sinceClockStart()
 	sub.conn = tc
-	// Events queued, or a drop, since the first write need a writer now.
-	schedule := len(sub.queue) > 0 || sub.dropped != notDropped
-	sub.scheduled = schedule
+	// A drop since the first write needs a writer now. Otherwise the
+	// first bytes were a write, as they are on a stream the handler
+	// keeps: with a flush interval, what is published within it waits and
+	// shares the next write; without, events queued since need a writer.
+	schedule := sub.dropped != notDropped || (tc.flushInterval == 0 && len(sub.queue) > 0)
+	hold := !schedule && tc.flushInterval > 0
+	sub.scheduled = schedule || hold
+	if hold {
+		tc.holdLocked()
+	}
 	sub.mu.Unlock()
 	if schedule {
 		b.writers.scheduleOne(sub)
