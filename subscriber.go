@@ -262,8 +262,10 @@ func (s *subscriber) dropLocked(reason dropReason) bool {
 			s.cutter.interrupt()
 		}
 	}
-	s.signal()
-	if s.conn != nil && (!s.scheduled || s.conn.cancelHoldLocked()) {
+	if s.conn == nil {
+		// The stream's loop finds the drop where it takes the queue.
+		s.signal()
+	} else if !s.scheduled || s.conn.cancelHoldLocked() {
 		// A writer closes the connection and ends the stream, at once
 		// rather than after a flush interval that holds it; one that
 		// owns the subscriber now finds the drop when it is done.
