@@ -33,7 +33,6 @@ func Listening(port int) (n int, known bool, err error) {
 const (
 	nlmsghdrLen     = 16 // struct nlmsghdr
 	diagReqLen      = 56 // struct inet_diag_req_v2: family, protocol, ext, pad, states, inet_diag_sockid
-	diagMsgStateOff = 1  // inet_diag_msg.idiag_state
 	diagMsgSportOff = 4  // inet_diag_msg.id.idiag_sport, big-endian
 	tcpListen       = 10 // TCP_LISTEN in the kernel's enum of TCP states
 )
@@ -80,10 +79,11 @@ func countListening(fd int, family uint8, seq uint32, port int) (int, error) {
 				}
 				return n, nil
 			}
+			// The kernel sends listeners only (the request's states).
 			if len(m.Data) < diagMsgSportOff+2 {
 				return 0, fmt.Errorf("listing listening sockets: a reply of %d bytes", len(m.Data))
 			}
-			if m.Data[diagMsgStateOff] == tcpListen && int(binary.BigEndian.Uint16(m.Data[diagMsgSportOff:])) == port {
+			if int(binary.BigEndian.Uint16(m.Data[diagMsgSportOff:])) == port {
 				n++
 			}
 		}

@@ -4,6 +4,7 @@ package sockets
 
 import (
 	"context"
+	"errors"
 	"net"
 	"syscall"
 	"testing"
@@ -19,10 +20,7 @@ func listenReusable(t *testing.T, addr string) net.Listener {
 		err := c.Control(func(fd uintptr) {
 			sockErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
 		})
-		if err != nil {
-			return err
-		}
-		return sockErr
+		return errors.Join(err, sockErr)
 	}}
 	ln, err := config.Listen(context.Background(), "tcp", addr)
 	if err != nil {
