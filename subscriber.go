@@ -75,10 +75,10 @@ type subscriber struct {
 
 	// wake has room for one signal: a publisher that finds it full knows
 	// the writer has not yet taken what is queued, and the writer takes
-	// everything when it wakes, so one pending signal is enough. A drop
-	// signals it too, and the writer finds the drop where it takes the
-	// queue (takeUnlessDropped): a stream's loop then waits on one channel
-	// of the broadcaster's, not two.
+	// everything when it wakes, so one pending signal is enough. A drop of
+	// a stream the handler keeps signals it too, and the loop finds the
+	// drop where it takes the queue (takeUnlessDropped): it then waits on
+	// one channel of the broadcaster's, not two.
 	wake chan struct{}
 
 	mu          sync.Mutex
